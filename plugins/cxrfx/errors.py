@@ -1,0 +1,32 @@
+"""Exceptions that name the file and the problem, so users never read a deep library traceback."""
+
+from __future__ import annotations
+
+import os
+
+
+class CXRFXError(Exception):
+    """Base class of every error cxrfx raises on purpose; the CLI prints these as one line."""
+
+
+class CXRReadError(CXRFXError, ValueError):
+    """A file could not be read as a chest radiograph (or mask); ``path`` and ``problem`` say why."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class DatalistError(CXRFXError, ValueError):
+    """A datalist file is malformed; ``problems`` lists one message per defect."""
+
+    def __init__(self, path: str | os.PathLike, problems: list[str]):
+        self.path = os.fspath(path)
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{self.path}: invalid datalist ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class PhantomSourceError(CXRFXError, RuntimeError):
+    """The chest CT behind the phantom could not be obtained (download or cache problem)."""

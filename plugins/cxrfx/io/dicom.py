@@ -1,0 +1,246 @@
+"""DICOM radiographs with pydicom, in the order the standard defines (REFERENCE §6.1).
+
+stored values (BitsStored / HighBit / sign respected) -> modality LUT (rescale or LUT sequence)
+-> VOI LUT or window (switch, on by default) -> MONOCHROME1 inverted to MONOCHROME2.
+
+Works with pydicom 3 (``pydicom.pixels``) and pydicom 2.x (``pydicom.pixel_data_handlers.util``),
+because MONAI Label pins pydicom < 3.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from cxrfx.errors import CXRReadError
+
+try:  # pydicom >= 3
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+except ImportError:  # pragma: no cover - pydicom 2.x
+    from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
+
+__all__ = ["read_dicom", "DECODER_HINTS"]
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# Transfer syntax UID prefix -> what to install so pydicom can decode it.
+DECODER_HINTS = {
+    "1.2.840.10008.1.2.4.50": "Pillow, or pylibjpeg + pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg + pylibjpeg-libjpeg (12-bit JPEG), or python-gdcm",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
+    "1.2.840.10008.1.2.4.80": "pyjpegls, or pylibjpeg + pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.81": "pyjpegls, or pylibjpeg + pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg + pylibjpeg-openjpeg, or Pillow built with OpenJPEG",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg + pylibjpeg-openjpeg, or Pillow built with OpenJPEG",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg + pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg + pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg + pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pylibjpeg + pylibjpeg-rle (pydicom's own RLE decoder should also work)",
+}
+
+
+def _open(path: str) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        pass  # no 'DICM' preamble: legacy files exist, retry leniently below
+    except Exception as exc:  # truncated header, bad VR, ...
+        raise CXRReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:
+        raise CXRReadError(path, f"not a DICOM file ({type(exc).__name__}: {exc})") from None
+    if "Rows" not in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
+        raise CXRReadError(path, "not a DICOM file (no DICM preamble and no image attributes)")
+    if not _transfer_syntax(ds):  # no file meta: pydicom cannot decode without the encoding it read with
+        implicit, little = getattr(ds, "original_encoding", None) or (ds.is_implicit_VR, ds.is_little_endian)
+        if getattr(ds, "file_meta", None) is None:
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            pydicom.uid.ImplicitVRLittleEndian if implicit
+            else pydicom.uid.ExplicitVRLittleEndian if little is not False else pydicom.uid.ExplicitVRBigEndian
+        )
+    return ds
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(meta, "TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _decode(path: str, ds: pydicom.Dataset) -> np.ndarray:
+    tsuid = _transfer_syntax(ds)
+    try:
+        return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        msg = str(exc)
+        low = msg.lower()
+        # "no decoder" (pydicom 3: "plugins are missing dependencies", "No pixel data decoders have been
+        # implemented"; pydicom 2: "no pixel data handlers available", "missing required dependencies"),
+        # as opposed to a decoder that is installed but failed ("exceptions were raised by all available
+        # plugins": corrupt data), which must not be reported as a missing package.
+        if "missing" in low and "dependenc" in low or "no pixel data" in low:
+            name = getattr(pydicom.uid.UID(tsuid), "name", tsuid) if tsuid else "unknown"
+            hint = DECODER_HINTS.get(tsuid, "a pydicom pixel-data plugin that supports it")
+            raise CXRReadError(
+                path, f"cannot decode transfer syntax '{name}' ({tsuid}): no decoder installed; install {hint}"
+            ) from None
+        raise CXRReadError(path, f"cannot decode pixel data ({type(exc).__name__}: {msg})") from None
+    except Exception as exc:  # truncated / inconsistent pixel data
+        raise CXRReadError(path, f"corrupt or truncated pixel data ({type(exc).__name__}: {exc})") from None
+
+
+def _stored_values(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, int, bool]:
+    """Honour BitsStored / HighBit / PixelRepresentation: returns (values, bits_stored, signed)."""
+    allocated = int(ds.get("BitsAllocated", arr.dtype.itemsize * 8))
+    stored = int(ds.get("BitsStored", allocated) or allocated)
+    high_bit = int(ds.get("HighBit", stored - 1))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    if stored >= allocated and high_bit == stored - 1:
+        return arr, stored, signed
+    raw = arr.astype(np.int64) & ((1 << allocated) - 1)  # view the container bits as unsigned
+    raw = (raw >> (high_bit - stored + 1)) & ((1 << stored) - 1)
+    if signed:
+        raw = np.where(raw >= (1 << (stored - 1)), raw - (1 << stored), raw)
+    dtype = np.int32 if signed else (np.uint16 if stored <= 16 else np.uint32)
+    return raw.astype(dtype), stored, signed
+
+
+def _modality_range(ds: pydicom.Dataset, bits: int, signed: bool) -> tuple[float, float]:
+    """Range of values after the modality LUT, by pushing every possible stored value through it."""
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    probe = np.arange(lo, hi + 1, dtype=np.int64) if bits <= 16 else np.array([lo, hi], dtype=np.int64)
+    mapped = np.asarray(apply_modality_lut(probe, ds), dtype=np.float64)
+    return float(mapped.min()), float(mapped.max())
+
+
+def _apply_voi_lut_sequence(path: str, values: np.ndarray, ds: pydicom.Dataset, index: int) -> tuple[np.ndarray, int]:
+    """VOI LUT Sequence lookup (PS3.3 C.11.2.1.1); returns (values, bits per LUT entry).
+
+    Not pydicom's ``apply_voi_lut``: it builds the LUT index array in the LUT's output dtype, so with an
+    8-bit LUT (uint8) every input value above first-mapped + 255 wraps around (pydicom 2.x and 3.0).
+    """
+    try:
+        item = ds.VOILUTSequence[index]
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        data = item["LUTData"].value
+        if isinstance(data, (bytes, bytearray)):  # OW: 16-bit words in the dataset's byte order
+            lut = np.frombuffer(data, dtype=">u2" if _transfer_syntax(ds) == "1.2.840.10008.1.2.2" else "<u2")
+        else:  # US: pydicom already decoded the values
+            lut = np.atleast_1d(np.asarray(data, dtype=np.int64))
+        lut = lut[: entries or 65536].astype(np.float64)
+        if lut.size == 0:
+            raise ValueError("empty LUT Data")
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise CXRReadError(path, f"invalid VOI LUT Sequence ({type(exc).__name__}: {exc})") from None
+    idx = np.clip(np.rint(values).astype(np.int64) - first, 0, lut.size - 1)  # outside the LUT: first/last entry
+    return lut[idx], bits
+
+
+def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            try:
+                row, col = float(value[0]), float(value[1])
+            except (TypeError, ValueError):
+                continue
+            if row > 0 and col > 0:
+                return (row, col), keyword
+    return None, None
+
+
+def read_dicom(path: str | os.PathLike, apply_voi: bool = True, voi_index: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a single-frame DICOM radiograph as (H, W) float32 in MONOCHROME2 polarity, plus meta.
+
+    Args:
+        path: the DICOM file.
+        apply_voi: apply the VOI LUT Sequence or Window Center/Width when present (the radiologist's
+            display). ``False`` keeps the modality values (raw detector contrast). Keep it the same for
+            training and inference.
+        voi_index: which window / VOI LUT to use when several are given.
+
+    ``meta["value_range"]`` is the (low, high) range the returned values can take, so that
+    normalisation does not depend on the content of the image.
+    """
+    path = os.fspath(path)
+    ds = _open(path)
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        raise CXRReadError(path, "DICOM has no pixel data (e.g. a report, presentation state or key object)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise CXRReadError(path, f"multi-frame DICOM ({frames} frames): a radiograph must have exactly one frame")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    arr = _decode(path, ds)
+
+    meta: dict[str, Any] = {
+        "format": "dicom",
+        "transfer_syntax": _transfer_syntax(ds),
+        "modality": str(ds.get("Modality", "")),
+        "view_position": str(ds.get("ViewPosition", "")),
+        "photometric_interpretation": photometric,
+        "presentation_lut_shape": str(ds.get("PresentationLUTShape", "")),
+        "magnification_factor": float(ds.get("EstimatedRadiographicMagnificationFactor", 0) or 0) or None,
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+        "patient_id": str(ds.get("PatientID", "")),
+    }
+
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if arr.ndim != 2:
+            raise CXRReadError(path, f"expected a 2D grayscale frame, decoded shape {arr.shape}")
+        arr, bits, signed = _stored_values(arr, ds)
+        lo, hi = _modality_range(ds, bits, signed)
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        meta["modality_lut_applied"] = bool("RescaleSlope" in ds or "ModalityLUTSequence" in ds)
+        voi_applied = None
+        if apply_voi and ds.get("VOILUTSequence"):
+            values, lut_bits = _apply_voi_lut_sequence(path, values, ds, voi_index)
+            lo, hi = 0.0, float(2**lut_bits - 1)
+            voi_applied = "VOILUTSequence"
+        elif apply_voi and "WindowCenter" in ds and "WindowWidth" in ds:
+            try:
+                values = np.asarray(apply_voi_lut(values, ds, index=voi_index, prefer_lut=False), np.float64)
+                ends = np.asarray(apply_voi_lut(np.array([-1e15, 1e15]), ds, index=voi_index, prefer_lut=False))
+            except (ValueError, IndexError, TypeError) as exc:
+                raise CXRReadError(path, f"invalid window (WindowCenter/WindowWidth): {exc}") from None
+            lo, hi = float(ends.min()), float(ends.max())
+            voi_applied = f"window {ds.WindowCenter}/{ds.WindowWidth}"
+        meta["voi_applied"] = voi_applied
+        if photometric == "MONOCHROME1":  # low values are bright: invert within the current range
+            values = lo + hi - values
+        meta["inverted"] = photometric == "MONOCHROME1"
+        meta["bit_depth"] = bits
+        meta["signed"] = signed
+    elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR") or photometric.startswith("YBR"):
+        # pydicom converts YBR to RGB and palette to RGB on request; a radiograph saved in colour
+        # (secondary capture, screenshot) becomes grayscale with the Rec. 601 luma weights.
+        if photometric == "PALETTE COLOR":
+            try:
+                from pydicom.pixels import apply_color_lut
+            except ImportError:  # pragma: no cover
+                from pydicom.pixel_data_handlers.util import apply_color_lut
+            arr = apply_color_lut(arr, ds)
+        if arr.ndim != 3 or arr.shape[-1] != 3:
+            raise CXRReadError(path, f"colour DICOM with unexpected decoded shape {arr.shape}")
+        bits = int(ds.get("BitsStored", 8))
+        values = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        lo, hi = 0.0, float(2**bits - 1)
+        meta.update(bit_depth=bits, signed=False, voi_applied=None, inverted=False, modality_lut_applied=False)
+        meta["converted_from"] = photometric
+    else:
+        raise CXRReadError(path, f"unsupported PhotometricInterpretation '{photometric}'")
+
+    spacing, source = _spacing(ds)
+    meta["pixel_spacing"] = spacing
+    meta["spacing_source"] = source
+    meta["value_range"] = (float(lo), float(hi))
+    image = np.ascontiguousarray(values, dtype=np.float32)
+    meta["original_size"] = tuple(int(s) for s in image.shape)
+    return image, meta

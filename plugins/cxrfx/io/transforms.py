@@ -1,0 +1,188 @@
+"""MONAI transforms around :func:`load_cxr`: images and masks as (C, H, W) MetaTensors, and normalisation.
+
+Axis convention of the whole project: tensors are (C, H, W); spatial axis 0 is the row (y, top to
+bottom) and spatial axis 1 the column (x, viewer's left to right). MONAI's own PNG/DICOM readers return
+(W, H) by default (REFERENCE §6.4); nothing here uses them.
+
+Intensity contract of :class:`NormalizeCXRd` (the input contract of every cxrfx network): one channel,
+float32 in [0, 1], 0 = least attenuating (air, black), 1 = most attenuating (bone, metal, white).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from cxrfx.errors import CXRReadError
+from cxrfx.io.loader import load_cxr
+
+__all__ = ["LoadCXR", "LoadCXRd", "LoadMaskd", "NormalizeCXR", "NormalizeCXRd", "read_mask", "meta_for_tensor"]
+
+
+def meta_for_tensor(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn :func:`load_cxr` meta into MetaTensor meta with fixed keys and collatable types (no None)."""
+    height, width = meta["original_size"]
+    spacing = meta.get("pixel_spacing") or (float("nan"), float("nan"))
+    affine = torch.eye(4, dtype=torch.float64)
+    if np.isfinite(spacing).all():
+        affine[0, 0], affine[1, 1] = float(spacing[0]), float(spacing[1])
+    return {
+        "filename_or_obj": meta.get("path", ""),
+        "affine": affine,
+        "original_affine": affine.clone(),
+        "spatial_shape": np.array([height, width]),
+        "original_channel_dim": "no_channel",
+        "cxr_format": str(meta.get("format", "")),
+        "cxr_bit_depth": int(meta.get("bit_depth", 0)),
+        "cxr_photometric": str(meta.get("photometric_interpretation", "")),
+        "cxr_inverted": bool(meta.get("inverted", False)),
+        "cxr_voi": str(meta.get("voi_applied") or ""),
+        "cxr_pixel_spacing": np.asarray(spacing, dtype=np.float64),
+        "cxr_spacing_source": str(meta.get("spacing_source") or ""),
+        "cxr_value_range": np.asarray(meta["value_range"], dtype=np.float64),
+        "cxr_original_size": np.array([height, width]),
+    }
+
+
+class LoadCXR(Transform):
+    """Load a radiograph file as a (1, H, W) float32 :class:`MetaTensor` (see :func:`load_cxr`)."""
+
+    def __init__(self, apply_voi: bool = True, bits_stored: int | None = None, jsrt_invert: bool = True):
+        self.kwargs = {"apply_voi": apply_voi, "bits_stored": bits_stored, "jsrt_invert": jsrt_invert}
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        image, meta = load_cxr(path, **self.kwargs)
+        return MetaTensor(torch.from_numpy(image[None]), meta=meta_for_tensor(meta))
+
+
+class LoadCXRd(MapTransform):
+    """Dictionary version of :class:`LoadCXR`: replaces each path under ``keys`` by the loaded image."""
+
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False, **load_kwargs):
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadCXR(**load_kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+def read_mask(spec: str | os.PathLike | Mapping[str, str], classes: Sequence[str]) -> np.ndarray:
+    """Read a mask as (C, H, W) uint8 {0, 1}, one channel per entry of ``classes``.
+
+    ``spec`` is either the path of an index map (pixel value k = ``classes[k-1]``, 0 = background;
+    classes cannot overlap) or a mapping ``{class name: path of a binary mask (nonzero = inside)}``
+    (classes may overlap; a class absent from the mapping is an empty channel).
+    """
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - set(classes))
+        if unknown:
+            raise CXRReadError(next(iter(spec.values()), "<mask>"), f"mask names unknown classes {unknown}")
+        channels, shape, first = {}, None, None
+        for name, path in spec.items():
+            arr, _ = load_cxr(path)
+            if shape is not None and arr.shape != shape:
+                raise CXRReadError(path, f"mask size {arr.shape} differs from {first} size {shape}")
+            shape, first = arr.shape, path
+            channels[name] = arr > 0
+        if shape is None:
+            raise CXRReadError("<mask>", "mask mapping is empty")
+        return np.stack([channels.get(c, np.zeros(shape, bool)) for c in classes]).astype(np.uint8)
+    arr, _ = load_cxr(spec)
+    if arr.max() > len(classes) or arr.min() < 0 or not np.array_equal(arr, np.round(arr)):
+        raise CXRReadError(spec, f"index-map mask has values outside 0..{len(classes)} (one per class)")
+    index = arr.astype(np.int64)
+    return np.stack([index == k + 1 for k in range(len(classes))]).astype(np.uint8)
+
+
+class LoadMaskd(MapTransform):
+    """Load masks (see :func:`read_mask`) as (C, H, W) float32 MetaTensors checked against an image.
+
+    Args:
+        keys: keys holding mask specs.
+        classes: segmentation class names, in channel order.
+        ref_key: key of the already-loaded image the mask must match in size; its meta is copied.
+    """
+
+    def __init__(self, keys: KeysCollection, classes: Sequence[str], ref_key: str | None = "image",
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.classes = list(classes)
+        self.ref_key = ref_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            spec = d[key]
+            mask = read_mask(spec, self.classes)
+            meta: dict[str, Any] = {}
+            if self.ref_key is not None and self.ref_key in d:
+                ref = d[self.ref_key]
+                if tuple(mask.shape[1:]) != tuple(ref.shape[-2:]):
+                    where = spec if isinstance(spec, (str, os.PathLike)) else next(iter(spec.values()))
+                    raise CXRReadError(
+                        where, f"mask size {tuple(mask.shape[1:])} differs from image size {tuple(ref.shape[-2:])}"
+                        f" ({getattr(ref, 'meta', {}).get('filename_or_obj', self.ref_key)})"
+                    )
+                if isinstance(ref, MetaTensor):
+                    meta = {k: v for k, v in ref.meta.items()}
+            d[key] = MetaTensor(torch.from_numpy(mask.astype(np.float32)), meta=meta)
+        return d
+
+
+class NormalizeCXR(Transform):
+    """Map a loaded radiograph to the [0, 1] contract (see module docstring).
+
+    Modes:
+        ``"range"`` (default): divide by the nominal range of the source (``cxr_value_range`` meta, e.g.
+            0..4095 for 12-bit, the window for a VOI-windowed DICOM); contrast is comparable across images.
+        ``"percentile"``: map the ``lower``..``upper`` percentiles to 0..1; for sources whose nominal range
+            is unknown or unreliable (16-bit PNGs holding 10-14 bits, e.g. PadChest).
+        ``"minmax"``: per-image minimum and maximum.
+    Values are clipped to [0, 1].
+    """
+
+    def __init__(self, mode: str = "range", lower: float = 0.5, upper: float = 99.5):
+        if mode not in ("range", "percentile", "minmax"):
+            raise ValueError(f"mode must be 'range', 'percentile' or 'minmax', got {mode!r}")
+        self.mode, self.lower, self.upper = mode, lower, upper
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        x = img.float()
+        if self.mode == "range":
+            vr = getattr(img, "meta", {}).get("cxr_value_range")
+            if vr is None:
+                raise ValueError("NormalizeCXR(mode='range') needs 'cxr_value_range' meta: load with LoadCXRd")
+            lo, hi = float(vr[0]), float(vr[1])
+        elif self.mode == "percentile":
+            flat = x.reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 262144)]  # percentiles of a strided sample: fast, stable
+            lo, hi = (float(v) for v in torch.quantile(sample, torch.tensor([self.lower, self.upper]) / 100.0))
+        else:
+            lo, hi = float(x.min()), float(x.max())
+        scale = 1.0 / (hi - lo) if hi > lo else 0.0
+        return ((x - lo) * scale).clamp_(0.0, 1.0)
+
+
+class NormalizeCXRd(MapTransform):
+    """Dictionary version of :class:`NormalizeCXR`."""
+
+    def __init__(self, keys: KeysCollection = "image", mode: str = "range", lower: float = 0.5,
+                 upper: float = 99.5, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.normalizer = NormalizeCXR(mode, lower, upper)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.normalizer(d[key])
+        return d

@@ -1,0 +1,36 @@
+"""Install the ``cxrfx`` package (Foundation X for MONAI) from ``plugins/cxrfx``."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cxrfx",
+    version="0.1.0",
+    description="Foundation X for MONAI: chest X-ray multi-task pretraining and fine-tuning bundles",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    package_dir={"": "plugins"},
+    packages=find_packages("plugins"),
+    package_data={"cxrfx": ["data/*.json"]},
+    install_requires=[
+        "monai>=1.6,<1.7",
+        "torch>=2.8",
+        "pytorch-ignite>=0.5",
+        "nibabel>=5",
+        "pydicom>=2.4",
+        "fire>=0.6",
+        "numpy>=1.24",
+        "einops>=0.7",
+        "pyyaml>=6",
+        "jsonschema>=4",
+        "pillow>=10",
+        "scipy>=1.10",
+    ],
+    extras_require={
+        # itk is optional: ~1.5 GB installed; only needed for NRRD and exotic ITK formats.
+        "itk": ["itk>=5.3"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["cxrfx=cxrfx.__main__:main"]},
+)
