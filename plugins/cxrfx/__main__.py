@@ -1,0 +1,70 @@
+"""``python -m cxrfx``: the command line (built with fire).
+
+Commands: ``phantom`` (build the embedded dataset), ``validate`` (check datalists and their files),
+``demo`` (what ``make demo`` runs). Errors that cxrfx raises on purpose print as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from cxrfx.errors import CXRFXError
+
+
+class CLI:
+    """cxrfx: Foundation X for MONAI."""
+
+    def phantom(self, out: str, count: int = 64, size: int = 256, seed: int = 0, overwrite: bool = False):
+        """Build the phantom datasets (phantom_cls, phantom_det, phantom_seg) under OUT.
+
+        Args:
+            out: output folder; each dataset gets OUT/<name>/datalist.json.
+            count: images per dataset (70/15/15 train/validation/test).
+            size: image width in pixels (height is 7/8 of it).
+            seed: random seed; the same seed gives the same files.
+            overwrite: rebuild even if OUT holds a phantom with the same parameters.
+        """
+        from cxrfx.data.phantom.writer import generate_phantom
+
+        summary = generate_phantom(out, count=count, size=size, seed=seed, overwrite=overwrite)
+        for name, info in summary["datasets"].items():
+            print(f"{out}/{info['datalist']}: {info['splits']}")
+        print(f"phantom built in {summary['seconds']:.1f} s")
+
+    def validate(self, *datalists: str, workers: int = 0):
+        """Check each DATALIST.json: schema, and every file (exists, decodes, mask size, boxes, labels).
+
+        Prints one line per problem and exits 1 if any, else prints a summary and exits 0.
+        """
+        from cxrfx.data.validate import validate_datalist
+
+        if not datalists:
+            raise CXRFXError("validate: give at least one datalist JSON file")
+        problems = []
+        for path in datalists:
+            found = validate_datalist(path, workers=workers)
+            problems += found
+            print(f"{path}: {'OK' if not found else f'{len(found)} problem(s)'}", file=sys.stderr)
+        for line in problems:
+            print(line)
+        sys.exit(1 if problems else 0)
+
+    def demo(self, out: str = "runs/demo", count: int = 64, size: int = 256, seed: int = 0):
+        """Build the phantom, validate it, write overlays and a summary table under OUT."""
+        from cxrfx.demo import run_demo
+
+        run_demo(out, count=count, size=size, seed=seed)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import fire
+
+    try:
+        fire.Fire(CLI, command=argv, name="cxrfx")
+    except CXRFXError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
