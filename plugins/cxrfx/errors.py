@@ -9,6 +9,10 @@ class CXRFXError(Exception):
     """Base class of every error cxrfx raises on purpose; the CLI prints these as one line."""
 
 
+class ConfigError(CXRFXError, ValueError):
+    """An argument or configuration value is out of range or inconsistent."""
+
+
 class CXRReadError(CXRFXError, ValueError):
     """A file could not be read as a chest radiograph (or mask); ``path`` and ``problem`` say why."""
 
@@ -24,8 +28,11 @@ class DatalistError(CXRFXError, ValueError):
     def __init__(self, path: str | os.PathLike, problems: list[str]):
         self.path = os.fspath(path)
         self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{self.path}: invalid datalist ({len(self.problems)} problem(s)):\n{lines}")
+        if len(self.problems) == 1:
+            super().__init__(f"{self.path}: {self.problems[0]}")
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            super().__init__(f"{self.path}: invalid datalist ({len(self.problems)} problems):\n{lines}")
 
 
 class PhantomSourceError(CXRFXError, RuntimeError):

@@ -32,15 +32,24 @@ def as_box_tensor(boxes: Any) -> torch.Tensor:
 
 
 class BoxesToArrayAxesd(MapTransform):
-    """``[x1, y1, x2, y2]`` (x = column) -> ``[r1, c1, r2, c2]``, MONAI's spatial-axis order for (C, H, W)."""
+    """``[x1, y1, x2, y2]`` (x = column) -> ``[r1, c1, r2, c2]``, MONAI's spatial-axis order for (C, H, W).
 
-    def __init__(self, keys: KeysCollection = "boxes", allow_missing_keys: bool = True):
+    Boxes become float32 (N, 4) tensors; ``label_keys`` (e.g. ``box_labels``) become int64 (N,) tensors,
+    as MONAI's box transforms expect.
+    """
+
+    def __init__(self, keys: KeysCollection = "boxes", label_keys: KeysCollection = "box_labels",
+                 allow_missing_keys: bool = True):
         super().__init__(keys, allow_missing_keys)
+        self.label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = as_box_tensor(d[key])[:, _SWAP]
+        for key in self.label_keys:
+            if key in d:
+                d[key] = torch.as_tensor(np.asarray(d[key], dtype=np.int64)).reshape(-1)
         return d
 
 

@@ -46,18 +46,19 @@ DECODER_HINTS = {
 
 def _open(path: str) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path)
+        ds = pydicom.dcmread(path)
     except InvalidDicomError:
-        pass  # no 'DICM' preamble: legacy files exist, retry leniently below
+        ds = None  # no 'DICM' preamble: legacy files exist, retry leniently below
     except Exception as exc:  # truncated header, bad VR, ...
         raise CXRReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except Exception as exc:
-        raise CXRReadError(path, f"not a DICOM file ({type(exc).__name__}: {exc})") from None
-    if "Rows" not in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
-        raise CXRReadError(path, "not a DICOM file (no DICM preamble and no image attributes)")
-    if not _transfer_syntax(ds):  # no file meta: pydicom cannot decode without the encoding it read with
+    if ds is None:
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception as exc:
+            raise CXRReadError(path, f"not a DICOM file ({type(exc).__name__}: {exc})") from None
+        if "Rows" not in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
+            raise CXRReadError(path, "not a DICOM file (no DICM preamble and no image attributes)")
+    if not _transfer_syntax(ds):  # no (0002,0010) in the file: pydicom decodes nothing without it
         implicit, little = getattr(ds, "original_encoding", None) or (ds.is_implicit_VR, ds.is_little_endian)
         if getattr(ds, "file_meta", None) is None:
             ds.file_meta = pydicom.dataset.FileMetaDataset()
@@ -111,22 +112,30 @@ def _stored_values(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, in
     return raw.astype(dtype), stored, signed
 
 
-def _modality_range(ds: pydicom.Dataset, bits: int, signed: bool) -> tuple[float, float]:
+def _modality(path: str, values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Modality LUT: the LUT Sequence when present (see :func:`_lut_lookup`), else rescale slope/intercept."""
+    if ds.get("ModalityLUTSequence"):
+        return _lut_lookup(path, values, ds, "ModalityLUTSequence", 0)[0]
+    return np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+
+
+def _modality_range(path: str, ds: pydicom.Dataset, bits: int, signed: bool) -> tuple[float, float]:
     """Range of values after the modality LUT, by pushing every possible stored value through it."""
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     probe = np.arange(lo, hi + 1, dtype=np.int64) if bits <= 16 else np.array([lo, hi], dtype=np.int64)
-    mapped = np.asarray(apply_modality_lut(probe, ds), dtype=np.float64)
+    mapped = _modality(path, probe, ds)
     return float(mapped.min()), float(mapped.max())
 
 
-def _apply_voi_lut_sequence(path: str, values: np.ndarray, ds: pydicom.Dataset, index: int) -> tuple[np.ndarray, int]:
-    """VOI LUT Sequence lookup (PS3.3 C.11.2.1.1); returns (values, bits per LUT entry).
+def _lut_lookup(path: str, values: np.ndarray, ds: pydicom.Dataset, keyword: str, index: int) -> tuple[np.ndarray, int]:
+    """Modality / VOI LUT Sequence lookup (PS3.3 C.11.1.1.1, C.11.2.1.1); returns (values, bits per entry).
 
-    Not pydicom's ``apply_voi_lut``: it builds the LUT index array in the LUT's output dtype, so with an
-    8-bit LUT (uint8) every input value above first-mapped + 255 wraps around (pydicom 2.x and 3.0).
+    Not pydicom's ``apply_modality_lut`` / ``apply_voi_lut`` (pydicom 3.0): the first fails with a
+    TypeError for 9-15 bit entries (``dtype "uint12"``), the second builds its LUT index array in the
+    LUT's output dtype, so with an 8-bit LUT every input above first-mapped + 255 wraps around.
     """
     try:
-        item = ds.VOILUTSequence[index]
+        item = ds[keyword][index]
         entries, first, bits = (int(v) for v in item.LUTDescriptor)
         data = item["LUTData"].value
         if isinstance(data, (bytes, bytearray)):  # OW: 16-bit words in the dataset's byte order
@@ -137,7 +146,7 @@ def _apply_voi_lut_sequence(path: str, values: np.ndarray, ds: pydicom.Dataset, 
         if lut.size == 0:
             raise ValueError("empty LUT Data")
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        raise CXRReadError(path, f"invalid VOI LUT Sequence ({type(exc).__name__}: {exc})") from None
+        raise CXRReadError(path, f"invalid {keyword} ({type(exc).__name__}: {exc})") from None
     idx = np.clip(np.rint(values).astype(np.int64) - first, 0, lut.size - 1)  # outside the LUT: first/last entry
     return lut[idx], bits
 
@@ -196,12 +205,12 @@ def read_dicom(path: str | os.PathLike, apply_voi: bool = True, voi_index: int =
         if arr.ndim != 2:
             raise CXRReadError(path, f"expected a 2D grayscale frame, decoded shape {arr.shape}")
         arr, bits, signed = _stored_values(arr, ds)
-        lo, hi = _modality_range(ds, bits, signed)
-        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        lo, hi = _modality_range(path, ds, bits, signed)
+        values = _modality(path, arr, ds)
         meta["modality_lut_applied"] = bool("RescaleSlope" in ds or "ModalityLUTSequence" in ds)
         voi_applied = None
         if apply_voi and ds.get("VOILUTSequence"):
-            values, lut_bits = _apply_voi_lut_sequence(path, values, ds, voi_index)
+            values, lut_bits = _lut_lookup(path, values, ds, "VOILUTSequence", voi_index)
             lo, hi = 0.0, float(2**lut_bits - 1)
             voi_applied = "VOILUTSequence"
         elif apply_voi and "WindowCenter" in ds and "WindowWidth" in ds:

