@@ -97,15 +97,17 @@ def _decode(path: str, ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _stored_values(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, int, bool]:
-    """Honour BitsStored / HighBit / PixelRepresentation: returns (values, bits_stored, signed)."""
+    """Honour BitsStored / PixelRepresentation: keep the low BitsStored bits, sign-extend when signed.
+
+    Bits above BitsStored may hold overlays or garbage in old files. HighBit is taken as BitsStored - 1
+    (the only value current DICOM allows; pydicom's decoders assume it too).
+    """
     allocated = int(ds.get("BitsAllocated", arr.dtype.itemsize * 8))
     stored = int(ds.get("BitsStored", allocated) or allocated)
-    high_bit = int(ds.get("HighBit", stored - 1))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
-    if stored >= allocated and high_bit == stored - 1:
+    if stored >= allocated:
         return arr, stored, signed
-    raw = arr.astype(np.int64) & ((1 << allocated) - 1)  # view the container bits as unsigned
-    raw = (raw >> (high_bit - stored + 1)) & ((1 << stored) - 1)
+    raw = arr.astype(np.int64) & ((1 << stored) - 1)
     if signed:
         raw = np.where(raw >= (1 << (stored - 1)), raw - (1 << stored), raw)
     dtype = np.int32 if signed else (np.uint16 if stored <= 16 else np.uint32)
@@ -135,7 +137,7 @@ def _lut_lookup(path: str, values: np.ndarray, ds: pydicom.Dataset, keyword: str
     LUT's output dtype, so with an 8-bit LUT every input above first-mapped + 255 wraps around.
     """
     try:
-        item = ds[keyword][index]
+        item = getattr(ds, keyword)[index]
         entries, first, bits = (int(v) for v in item.LUTDescriptor)
         data = item["LUTData"].value
         if isinstance(data, (bytes, bytearray)):  # OW: 16-bit words in the dataset's byte order
@@ -210,8 +212,10 @@ def read_dicom(path: str | os.PathLike, apply_voi: bool = True, voi_index: int =
         meta["modality_lut_applied"] = bool("RescaleSlope" in ds or "ModalityLUTSequence" in ds)
         voi_applied = None
         if apply_voi and ds.get("VOILUTSequence"):
-            values, lut_bits = _lut_lookup(path, values, ds, "VOILUTSequence", voi_index)
-            lo, hi = 0.0, float(2**lut_bits - 1)
+            values, _ = _lut_lookup(path, values, ds, "VOILUTSequence", voi_index)
+            # The LUT's own output range, not 2**bits - 1: some devices declare 16-bit entries for 12-bit data.
+            lut_out, _ = _lut_lookup(path, np.arange(-(1 << 16), 1 << 16), ds, "VOILUTSequence", voi_index)
+            lo, hi = float(lut_out.min()), float(lut_out.max())
             voi_applied = "VOILUTSequence"
         elif apply_voi and "WindowCenter" in ds and "WindowWidth" in ds:
             try:
@@ -220,7 +224,9 @@ def read_dicom(path: str | os.PathLike, apply_voi: bool = True, voi_index: int =
             except (ValueError, IndexError, TypeError) as exc:
                 raise CXRReadError(path, f"invalid window (WindowCenter/WindowWidth): {exc}") from None
             lo, hi = float(ends.min()), float(ends.max())
-            voi_applied = f"window {ds.WindowCenter}/{ds.WindowWidth}"
+            center, width = (ds[k].value[voi_index] if ds[k].VM > 1 else ds[k].value
+                             for k in ("WindowCenter", "WindowWidth"))
+            voi_applied = f"window {float(center):g}/{float(width):g}"
         meta["voi_applied"] = voi_applied
         if photometric == "MONOCHROME1":  # low values are bright: invert within the current range
             values = lo + hi - values

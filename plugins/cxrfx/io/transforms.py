@@ -97,7 +97,12 @@ def read_mask(spec: str | os.PathLike | Mapping[str, str], classes: Sequence[str
         if shape is None:
             raise CXRReadError("<mask>", "mask mapping is empty")
         return np.stack([channels.get(c, np.zeros(shape, bool)) for c in classes]).astype(np.uint8)
-    arr, _ = load_cxr(spec)
+    arr, meta = load_cxr(spec)
+    if meta.get("converted_from") == "P":  # palette PNG/GIF (e.g. VOC style): the indices are the classes
+        from PIL import Image
+
+        with Image.open(spec) as img:
+            arr = np.asarray(img, dtype=np.float32)
     if arr.max() > len(classes) or arr.min() < 0 or not np.array_equal(arr, np.round(arr)):
         raise CXRReadError(spec, f"index-map mask has values outside 0..{len(classes)} (one per class)")
     index = arr.astype(np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import zlib
 from typing import Any
 
@@ -176,11 +177,14 @@ def read_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         raise CXRReadError(path, f"NRRD encoding '{encoding}' is not supported (install itk to read it)")
     image = _to_2d(path, data, sizes)
     spacing = None
-    if "spacings" in header:
-        spacing = [float(v) for v in header["spacings"].split() if v.lower() != "nan"]
-    elif "space directions" in header:
-        vecs = [v for v in header["space directions"].replace(")", "").split("(") if v.strip()]
-        spacing = [float(np.linalg.norm([float(c) for c in v.split(",")])) for v in vecs]
+    try:
+        if "spacings" in header:
+            spacing = [float(v) for v in header["spacings"].split() if v.lower() != "nan"]
+        elif "space directions" in header:  # one "(x,y,...)" per axis, or "none" for a non-spatial axis
+            vecs = re.findall(r"\(([^)]*)\)", header["space directions"])
+            spacing = [float(np.linalg.norm([float(c) for c in v.split(",")])) for v in vecs]
+    except ValueError as exc:
+        raise CXRReadError(path, f"malformed NRRD spacing ({exc})") from None
     return image.astype(np.float32), _meta("nrrd", image, dtype, spacing, direction=header.get("space directions"))
 
 
