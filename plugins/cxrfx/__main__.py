@@ -57,7 +57,12 @@ class CLI:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import logging
+
     import fire
+
+    # MONAI logs this on every import on machines without a GPU codec; it concerns nothing cxrfx does.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
     try:
         fire.Fire(CLI, command=argv, name="cxrfx")

@@ -46,7 +46,7 @@ def render_overlay(image: np.ndarray, masks: Mapping[str, np.ndarray] | None = N
         if name:
             draw.text((x1, max(0, y1 - 11)), name, fill=color)
     legend = [(n, color_of[n]) for n in (masks or {}) if np.asarray(masks[n]).any()]
-    width = canvas.width + (110 if legend or caption else 0)
+    width = canvas.width + (130 if legend or caption else 0)
     out = Image.new("RGB", (width, max(canvas.height, 14 * (len(legend) + caption.count("\n") + 2))), (0, 0, 0))
     out.paste(canvas, (0, 0))
     draw = ImageDraw.Draw(out)
