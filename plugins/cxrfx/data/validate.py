@@ -15,7 +15,7 @@ from typing import Any
 from cxrfx.data.datalist import SPLITS, check_datalist, item_name, resolve_items
 from cxrfx.errors import CXRReadError, DatalistError
 
-__all__ = ["validate_datalist", "check_item_files"]
+__all__ = ["validate_datalist", "check_item_files", "assert_valid"]
 
 _BOX_TOLERANCE = 1e-3  # pixels; float round-off of converted coordinates
 
