@@ -37,3 +37,7 @@ class DatalistError(CXRFXError, ValueError):
 
 class PhantomSourceError(CXRFXError, RuntimeError):
     """The chest CT behind the phantom could not be obtained (download or cache problem)."""
+
+
+class CheckpointError(CXRFXError, RuntimeError):
+    """A checkpoint cannot be loaded safely or does not fit the model."""

@@ -1,0 +1,167 @@
+"""The Foundation X network: one Swin backbone, per-dataset classification / segmentation / detection heads.
+
+``FoundationX(x, task="seg", head="jsrt")`` runs the backbone and only the parts that task needs (the
+UperNet decoder and one head); ``forward_all`` computes every head from one backbone pass. The model's
+input contract is the project's: (B, 1, H, W) in [0, 1] (see ``cxrfx.io.transforms``), H and W multiples of
+32; it standardises internally with ``input_mean`` / ``input_std`` (checkpoints trained on 3-channel
+normalised input are folded into the first conv on load, see ``checkpoints.py``).
+
+:class:`TaskNet` wraps one (task, head) as ``image -> pred`` for MONAI bundles (``verify_net_in_out``,
+``ckpt_export``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from cxrfx.networks.heads.classification import ClassificationHead
+from cxrfx.networks.heads.detection import DetectionNeck, RetinaHead
+from cxrfx.networks.heads.segmentation import SegmentationHead, UperNetDecoder
+from cxrfx.networks.swin import swin
+
+__all__ = ["FoundationX", "TaskNet", "TASKS", "parameter_counts"]
+
+TASKS = ("cls", "seg", "det")
+
+
+class FoundationX(nn.Module):
+    """Swin backbone + heads per dataset.
+
+    Args:
+        backbone: Swin size: ``"tiny" | "small" | "base" | "large"``.
+        cls_heads, seg_heads, det_heads: ``{dataset name: number of classes}`` for each task.
+        in_chans: input channels (1: our grayscale contract).
+        dropout: dropout before every head (MC-dropout for MONAI Label's epistemic scoring).
+        input_mean, input_std: standardisation applied to the [0, 1] input (chest X-ray statistics of
+            Foundation X's classification contract by default).
+        num_anchors: anchors per location of the detection heads (must match the detector's generator).
+        backbone_kwargs: overrides for :class:`SwinTransformer` (window_size, drop_path_rate,
+            use_checkpoint, embed_dim, depths, num_heads, ...).
+        seg_channels, psp_channels, det_channels: decoder / neck widths (Foundation X: 128, 1024, 256).
+        shared_fpn_smoothing: reproduce the reference code's single shared FPN smoothing conv.
+    """
+
+    def __init__(self, backbone: str = "base", cls_heads: Mapping[str, int] | None = None,
+                 seg_heads: Mapping[str, int] | None = None, det_heads: Mapping[str, int] | None = None,
+                 in_chans: int = 1, dropout: float = 0.0, input_mean: float = 0.5056, input_std: float = 0.252,
+                 num_anchors: int = 6, backbone_kwargs: Mapping | None = None, seg_channels: int = 128,
+                 psp_channels: int = 1024, det_channels: int = 256, shared_fpn_smoothing: bool = False):
+        super().__init__()
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.backbone = swin(backbone, in_chans=in_chans, **dict(backbone_kwargs or {}))
+        self.register_buffer("input_mean", torch.tensor(float(input_mean)))
+        self.register_buffer("input_std", torch.tensor(float(input_std)))
+        dims = self.backbone.num_features
+        self.cls_heads = nn.ModuleDict({k: ClassificationHead(dims[-1], n, dropout) for k, n in (cls_heads or {}).items()})
+        self.seg_decoder = (UperNetDecoder(dims, seg_channels, psp_channels, shared_smoothing=shared_fpn_smoothing)
+                            if seg_heads else None)
+        self.seg_heads = nn.ModuleDict({k: SegmentationHead(seg_channels, n, dropout) for k, n in (seg_heads or {}).items()})
+        self.det_neck = DetectionNeck(dims[1:], det_channels) if det_heads else None
+        self.det_heads = nn.ModuleDict(
+            {k: RetinaHead(det_channels, num_anchors, n, dropout) for k, n in (det_heads or {}).items()}
+        )
+        self.size_divisible = self.backbone.stride
+
+    def heads(self, task: str) -> nn.ModuleDict:
+        """The ModuleDict of one task's heads."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        return {"cls": self.cls_heads, "seg": self.seg_heads, "det": self.det_heads}[task]
+
+    def _head(self, task: str, head: str | None) -> str:
+        names = list(self.heads(task))
+        if head is None and len(names) == 1:
+            return names[0]
+        if head not in names:
+            raise KeyError(f"no {task} head named {head!r}; this model has {names}")
+        return head
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Standardise the [0, 1] input and return the four backbone stage maps."""
+        if x.shape[1] != self.backbone.in_chans:
+            raise ValueError(f"expected {self.backbone.in_chans} input channel(s), got shape {tuple(x.shape)}")
+        return self.backbone((x - self.input_mean) / self.input_std)
+
+    def pooled_feature(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """(B, C) pooled embedding: the classification heads' input and the consistency feature."""
+        return self.backbone.pooled(feats[-1])
+
+    def seg_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """(B, seg_channels, H/4, W/4) fused UperNet map shared by the segmentation heads."""
+        if self.seg_decoder is None:
+            raise ValueError("this model has no segmentation heads")
+        return self.seg_decoder(feats)
+
+    def det_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Neck levels (strides 8/16/32/64) shared by the detection heads."""
+        if self.det_neck is None:
+            raise ValueError("this model has no detection heads")
+        return self.det_neck(feats[1:])
+
+    def forward(self, x: torch.Tensor, task: str = "cls", head: str | None = None):
+        """One task of one dataset: cls -> (B, C) logits; seg -> (B, C, H, W) logits; det -> head maps."""
+        name = self._head(task, head)
+        feats = self.forward_features(x)
+        if task == "cls":
+            return self.cls_heads[name](self.pooled_feature(feats))
+        if task == "seg":
+            return self.seg_heads[name](self.seg_features(feats), x.shape[-2:])
+        return self.det_heads[name](self.det_features(feats))
+
+    def forward_all(self, x: torch.Tensor) -> dict[str, object]:
+        """Every head's output from one backbone pass: keys ``"cls/<name>"``, ``"seg/<name>"``, ``"det/<name>"``."""
+        feats = self.forward_features(x)
+        out: dict[str, object] = {}
+        if len(self.cls_heads):
+            pooled = self.pooled_feature(feats)
+            out.update({f"cls/{k}": h(pooled) for k, h in self.cls_heads.items()})
+        if len(self.seg_heads):
+            fused = self.seg_features(feats)
+            out.update({f"seg/{k}": h(fused, x.shape[-2:]) for k, h in self.seg_heads.items()})
+        if len(self.det_heads):
+            levels = self.det_features(feats)
+            out.update({f"det/{k}": h(levels) for k, h in self.det_heads.items()})
+        return out
+
+
+class TaskNet(nn.Module):
+    """``image -> pred`` for one (task, head) of a :class:`FoundationX`: what a bundle's ``network_def`` is.
+
+    Either wrap an existing model (``network=``) or pass :class:`FoundationX` keyword arguments.
+    cls returns (B, C) logits, seg (B, C, H, W) logits, det a tuple of the head's per-level class maps then
+    box maps (post-processing runs in Python, see ``build_detector``).
+    """
+
+    def __init__(self, task: str = "seg", head: str | None = None, network: FoundationX | None = None, **kwargs):
+        super().__init__()
+        self.network = network if network is not None else FoundationX(**kwargs)
+        self.task = task
+        self.head = self.network._head(task, head)
+
+    def forward(self, image: torch.Tensor):
+        out = self.network(image, task=self.task, head=self.head)
+        if self.task == "det":  # flat tuple: traceable, and RetinaNetDetector splits it in halves
+            return tuple(out["classification"]) + tuple(out["box_regression"])
+        return out
+
+
+def parameter_counts(model: FoundationX) -> dict[str, int]:
+    """Parameters per component (backbone trunk, each task's shared part and heads), and the total."""
+    def n(module: nn.Module | None) -> int:
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    counts = {
+        "backbone": n(model.backbone),
+        "cls_heads": n(model.cls_heads),
+        "seg_decoder": n(model.seg_decoder),
+        "seg_decoder_psp": n(model.seg_decoder.psp_pools) + n(model.seg_decoder.psp_bottleneck)
+        if model.seg_decoder is not None else 0,
+        "seg_heads": n(model.seg_heads),
+        "det_neck": n(model.det_neck),
+        "det_heads": n(model.det_heads),
+    }
+    counts["total"] = n(model)
+    return counts

@@ -1,0 +1,81 @@
+"""UperNet segmentation decoder shared by all datasets, and one small head per dataset.
+
+Decoder (Xiao et al., ECCV 2018, as Foundation X builds it): pyramid pooling (bins 1/2/4/6) on the last
+stage, FPN top-down fusion of all four stages (un-normed), every level upsampled to stride 4 and fused by a
+3x3 conv. Per-dataset head: 3x3 conv to that dataset's classes, bilinear upsampling to the input size;
+logits out (apply a sigmoid: classes may overlap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["UperNetDecoder", "SegmentationHead"]
+
+
+def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UperNetDecoder(nn.Module):
+    """PSP + FPN fusion of the backbone's stage maps into one (B, channels, H/4, W/4) map.
+
+    Args:
+        in_channels: channels of the four stage maps (e.g. 128/256/512/1024 for Swin-B).
+        channels: FPN width (128 in Foundation X).
+        psp_channels: PSP bottleneck width (1024 in Foundation X).
+        pool_scales: PSP bins.
+        shared_smoothing: one 3x3 smoothing conv for all FPN levels, as the reference code builds it
+            (``[conv] * 3``, REFERENCE §1.10 item 5); default: one conv per level.
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int = 128, psp_channels: int = 1024,
+                 pool_scales: Sequence[int] = (1, 2, 4, 6), psp_branch_channels: int = 256,
+                 shared_smoothing: bool = False, dropout: float = 0.1):
+        super().__init__()
+        top = in_channels[-1]
+        self.psp_pools = nn.ModuleList(
+            [nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(top, psp_branch_channels, 1)) for s in pool_scales]
+        )
+        self.psp_bottleneck = conv_bn_relu(top + len(pool_scales) * psp_branch_channels, psp_channels, 3)
+        self.psp_dropout = nn.Dropout2d(dropout)
+        self.lateral = nn.ModuleList([conv_bn_relu(c, channels, 1) for c in in_channels[:-1]])
+        self.lateral.append(conv_bn_relu(psp_channels, channels, 1))
+        n_smooth = 1 if shared_smoothing else len(in_channels) - 1
+        self.smooth = nn.ModuleList([conv_bn_relu(channels, channels, 3) for _ in range(n_smooth)])
+        self.fuse = conv_bn_relu(len(in_channels) * channels, channels, 3)
+        self.out_channels = channels
+
+    def psp(self, top: torch.Tensor) -> torch.Tensor:
+        size = top.shape[-2:]
+        pooled = [F.interpolate(p(top), size=size, mode="bilinear", align_corners=False) for p in self.psp_pools]
+        return self.psp_dropout(self.psp_bottleneck(torch.cat([top, *pooled], dim=1)))
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        lat = [conv(f) for conv, f in zip(self.lateral[:-1], feats[:-1])]
+        lat.append(self.lateral[-1](self.psp(feats[-1])))
+        for i in range(len(lat) - 1, 0, -1):  # top-down
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="bilinear",
+                                                    align_corners=False)
+        outs = [self.smooth[i % len(self.smooth)](lat[i]) for i in range(len(lat) - 1)] + [lat[-1]]
+        size = outs[0].shape[-2:]
+        outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
+        return self.fuse(torch.cat(outs, dim=1))
+
+
+class SegmentationHead(nn.Module):
+    """Dropout2d (optional) -> 3x3 conv to ``num_classes`` -> bilinear upsampling to ``size``: logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+
+    def forward(self, fused: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        logits = self.conv(self.dropout(fused))
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
