@@ -30,7 +30,9 @@ setup(
     extras_require={
         # itk is optional: ~1.5 GB installed; only needed for NRRD and exotic ITK formats.
         "itk": ["itk>=5.3"],
-        "test": ["pytest>=8"],
+        # ONNX export (torch.export based) and ONNX Runtime for its numerical check.
+        "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        "test": ["pytest>=8", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
     },
     entry_points={"console_scripts": ["cxrfx=cxrfx.__main__:main"]},
 )
