@@ -1,0 +1,50 @@
+"""Several datasets at once: one loader per (task, dataset) data source, with its own transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
+
+from cxrfx.data.datalist import load_datalist, read_datalist
+from cxrfx.data.pipelines import task_transforms
+
+__all__ = ["multitask_collate", "build_sources"]
+
+_STACK = ("image", "label", "mask")
+
+
+def multitask_collate(batch: Sequence[Mapping]) -> dict:
+    """Stack images, labels and masks; keep boxes / box labels (different counts per image) as lists."""
+    out: dict = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        out[key] = torch.stack([torch.as_tensor(v) for v in values]) if key in _STACK else values
+    return out
+
+
+def build_sources(sources: Mapping[str, Mapping], split: str = "training", size: int = 224, batch_size: int = 4,
+                  num_workers: int = 0, train: bool = True, seed: int = 0, cache_rate: float = 0.0) -> dict[str, DataLoader]:
+    """``{"<task>/<dataset>": DataLoader}`` from ``{dataset: {"datalist": path, "tasks": [...], "batch_size"?}}``.
+
+    Each data source gets the task's standard transforms (``cxrfx.data.pipelines``) and shuffles when
+    ``train``. A dataset listed with several tasks gives one source per task.
+    """
+    loaders = {}
+    for dataset, spec in sources.items():
+        path = spec["datalist"]
+        meta = read_datalist(path)
+        items = load_datalist(path, split)
+        if not items:
+            continue
+        for task in spec.get("tasks", ("cls",)):
+            classes = meta["tasks"].get("segmentation", {}).get("classes") if task == "seg" else None
+            transform = task_transforms(task, size, classes, train=train)
+            data = (CacheDataset(items, transform, cache_rate=cache_rate, progress=False) if cache_rate
+                    else Dataset(items, transform))
+            generator = torch.Generator().manual_seed(seed)
+            loaders[f"{task}/{dataset}"] = DataLoader(
+                data, batch_size=int(spec.get("batch_size", batch_size)), shuffle=train, drop_last=False,
+                num_workers=num_workers, collate_fn=multitask_collate, generator=generator)
+    return loaders

@@ -1,0 +1,186 @@
+"""``LockReleaseHandler``: walks the Lock-Release cycle, switching data source, task and trainable parameters.
+
+Ignite handler in the style of ``monai/handlers``. At every step boundary it points the engine at that step's
+data (``engine.set_data``), publishes the step as ``engine.state.cxrfx_step`` (the trainer picks head and loss
+from it) and sets ``requires_grad``: lock = only the step's head trains, release = every parameter trains.
+Frozen parameters get no gradient; with ``zero_grad(set_to_none=True)`` (the trainer's setting) PyTorch's
+optimizers then skip them entirely, so neither weight decay nor momentum moves them.
+
+The position in the cycle follows ``engine.state.iteration`` (restored on resume) and is part of the
+checkpoint through ``state_dict`` / ``load_state_dict``. Events ``STEP_STARTED`` / ``STEP_COMPLETED`` are
+fired for other handlers (the teacher updates after each step, as the paper does after each pass).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from monai.utils import optional_import
+from torch import nn
+
+from cxrfx.engines.schedule import Step, parse_schedule, resolve_lengths
+from cxrfx.errors import ConfigError
+
+Events, _ = optional_import("ignite.engine", name="Events")
+EventEnum, _ = optional_import("ignite.engine", name="EventEnum")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", name="Engine")
+
+__all__ = ["LockReleaseHandler", "LockReleaseEvents", "InfiniteLoader", "set_phase", "register_lock_release_events",
+           "freeze_norm_statistics"]
+
+
+class LockReleaseEvents(EventEnum):
+    """Fired by :class:`LockReleaseHandler` around every step of the cycle."""
+
+    STEP_STARTED = "lock_release_step_started"
+    STEP_COMPLETED = "lock_release_step_completed"
+
+
+class InfiniteLoader:
+    """Iterates a data loader forever (a new epoch, reshuffled, when one ends); its own iterator, so that
+    switching away and back continues where it stopped."""
+
+    def __init__(self, loader: Iterable):
+        self.loader = loader
+        self._it = None
+        self.epochs = 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.epochs += 1
+            self._it = iter(self.loader)
+            return next(self._it)
+
+
+def register_lock_release_events(engine: Engine) -> None:
+    """Register :class:`LockReleaseEvents` on ``engine`` unless already there (handlers may attach in any order)."""
+    if LockReleaseEvents.STEP_STARTED not in engine._allowed_events:
+        engine.register_events(*LockReleaseEvents)
+
+
+def freeze_norm_statistics(network: nn.Module) -> None:
+    """Put BatchNorm layers whose parameters are all frozen in eval mode, so a lock step leaves their
+    running statistics untouched too (call after ``network.train()``)."""
+    for module in network.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
+def set_phase(network: nn.Module, step: Step) -> tuple[int, int]:
+    """``requires_grad`` for a step: lock = only ``network.heads(step.task)[step.dataset]``; release = all.
+
+    Returns (trainable, total) parameter counts.
+    """
+    head = network.heads(step.task)[step.dataset]
+    head_ids = {id(p) for p in head.parameters()}
+    total = trainable = 0
+    for p in network.parameters():
+        train = step.phase == "release" or id(p) in head_ids
+        p.requires_grad_(train)
+        total += p.numel()
+        trainable += p.numel() if train else 0
+    return trainable, total
+
+
+class LockReleaseHandler:
+    """Drive the trainer through the cycle.
+
+    Args:
+        schedule: steps (dicts or :class:`Step`), see ``cxrfx.engines.schedule``.
+        loaders: ``{"<task>/<dataset>": data loader}``, one per data source the steps name.
+        network: the :class:`FoundationX` being trained (DDP-wrapped is fine).
+    """
+
+    def __init__(self, schedule: Sequence[Mapping | Step], loaders: Mapping[str, Iterable], network: nn.Module):
+        self.steps = parse_schedule(schedule)
+        missing = sorted({s.key for s in self.steps} - set(loaders))
+        if missing:
+            raise ConfigError(f"schedule names data sources without a loader: {missing}; have {sorted(loaders)}")
+        self.loaders = {k: v if isinstance(v, InfiniteLoader) else InfiniteLoader(v) for k, v in loaders.items()}
+        self.network = network.module if hasattr(network, "module") else network
+        for step in self.steps:
+            self.network.heads(step.task)[step.dataset]  # fail now if a step has no head
+        self.lengths = resolve_lengths(self.steps, {k: len(v) for k, v in self.loaders.items()})
+        self.bounds = list(itertools.accumulate(self.lengths))
+        self.step_index = -1
+        self.logger = logging.getLogger("cxrfx.lock_release")
+
+    @property
+    def cycle_length(self) -> int:
+        """Iterations of one full cycle: the trainer's ``epoch_length``."""
+        return self.bounds[-1]
+
+    @property
+    def data(self) -> InfiniteLoader:
+        """The first step's data: the trainer's initial ``train_data_loader``."""
+        return self.loaders[self.steps[0].key]
+
+    def position(self, iteration: int) -> tuple[int, int]:
+        """(step index, iterations already done in that step) after ``iteration`` iterations."""
+        within = iteration % self.cycle_length
+        index = bisect.bisect_right(self.bounds, within)
+        return index, within - (self.bounds[index - 1] if index else 0)
+
+    def attach(self, engine: Engine) -> None:
+        register_lock_release_events(engine)
+        engine.add_event_handler(Events.STARTED, self.start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _enter(self, engine: Engine, index: int, done: int = 0, starting: bool = False) -> None:
+        self.step_index = index
+        step = self.steps[index]
+        trainable, total = set_phase(self.network, step)
+        engine.state.cxrfx_step = step
+        if starting:  # before ignite builds its iterator: it then also honours a resumed mid-epoch iteration
+            engine.state.dataloader = self.loaders[step.key]
+        else:
+            engine.set_data(self.loaders[step.key])
+        self.logger.info(
+            f"step {index + 1}/{len(self.steps)} {step.phase} {step.key}: {self.lengths[index] - done} iterations, "
+            f"{trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters trainable"
+        )
+        engine.fire_event(LockReleaseEvents.STEP_STARTED)
+
+    def start(self, engine: Engine) -> None:
+        """At run start (or resume): enter the step that ``engine.state.iteration`` is in."""
+        engine.state.cxrfx_schedule_steps = len(self.steps)
+        index, done = self.position(engine.state.iteration)
+        self._enter(engine, index, done, starting=True)
+
+    def __call__(self, engine: Engine) -> None:
+        """After each iteration: when the current step is complete, fire STEP_COMPLETED and enter the next."""
+        index, done = self.position(engine.state.iteration)
+        if done == 0:  # the iteration just run closed step index - 1
+            engine.fire_event(LockReleaseEvents.STEP_COMPLETED)
+            if engine.state.iteration < engine.state.epoch_length * engine.state.max_epochs:
+                self._enter(engine, index)
+
+    def state_dict(self) -> dict:
+        return {"step_index": self.step_index, "schedule": [s.as_dict() for s in self.steps],
+                "lengths": list(self.lengths)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Check the checkpoint was made with the same cycle (the position itself follows the iteration)."""
+        if list(state.get("schedule", [])) != [s.as_dict() for s in self.steps] or list(state.get("lengths", [])) != self.lengths:
+            raise ConfigError("the checkpoint was written with a different Lock-Release schedule or data sizes; "
+                              "resuming would put the run at the wrong step")
+        self.step_index = int(state.get("step_index", -1))

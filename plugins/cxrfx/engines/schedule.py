@@ -1,0 +1,101 @@
+"""The Lock-Release cycle as data: an ordered list of steps (dataset, task, phase, length).
+
+A step trains one task of one dataset. ``lock``: only that task's head for that dataset learns (the new head
+catches up while shared parts stay fixed); ``release``: everything learns. A length is a number of
+iterations or a fraction of that dataset's epoch (its loader's length), resolved when the loaders exist.
+One pass over the list is one cycle (one trainer epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from cxrfx.errors import ConfigError
+
+__all__ = ["Step", "parse_schedule", "resolve_lengths", "paper_cycle", "PAPER_TASK_ORDER", "expand_tasks"]
+
+_TASKS = ("cls", "seg", "det")
+_PHASES = ("lock", "release")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the cycle. Exactly one of ``iterations`` / ``epoch_fraction`` sets its length."""
+
+    dataset: str
+    task: str
+    phase: str = "release"
+    iterations: int | None = None
+    epoch_fraction: float | None = None
+
+    def __post_init__(self):
+        if self.task not in _TASKS:
+            raise ConfigError(f"schedule step {self}: task must be one of {_TASKS}")
+        if self.phase not in _PHASES:
+            raise ConfigError(f"schedule step {self}: phase must be 'lock' or 'release'")
+        if (self.iterations is None) == (self.epoch_fraction is None):
+            raise ConfigError(f"schedule step {self}: give exactly one of iterations / epoch_fraction")
+        if (self.iterations is not None and self.iterations < 1) or (
+                self.epoch_fraction is not None and self.epoch_fraction <= 0):
+            raise ConfigError(f"schedule step {self}: length must be positive")
+
+    @property
+    def key(self) -> str:
+        """``"<task>/<dataset>"``: names the data source and the head."""
+        return f"{self.task}/{self.dataset}"
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def parse_schedule(spec: Sequence[Mapping | Step]) -> list[Step]:
+    """Steps from config dicts (``{"dataset", "task", "phase", "iterations" | "epoch_fraction"}``)."""
+    steps = [s if isinstance(s, Step) else Step(**dict(s)) for s in spec]
+    if not steps:
+        raise ConfigError("the schedule is empty")
+    return steps
+
+
+def resolve_lengths(steps: Sequence[Step], epoch_lengths: Mapping[str, int]) -> list[int]:
+    """Iterations of each step; ``epoch_lengths`` maps step keys to their loader's length (batches)."""
+    lengths = []
+    for step in steps:
+        if step.iterations is not None:
+            lengths.append(int(step.iterations))
+            continue
+        if step.key not in epoch_lengths:
+            raise ConfigError(f"schedule step {step.key}: no data source named {step.key!r}")
+        lengths.append(max(1, math.ceil(step.epoch_fraction * epoch_lengths[step.key])))
+    return lengths
+
+
+def expand_tasks(order: Sequence[tuple[str, str]], lock_fraction: float = 0.5, release_fraction: float = 1.0,
+                 lock_cls: bool = False) -> list[dict]:
+    """Foundation X's expansion of (dataset, task) pairs into steps (REFERENCE §1.5).
+
+    Classification: one release epoch (``lock_cls``: Foundation X+'s head-only half epoch first).
+    Localization and segmentation: lock for ``lock_fraction`` of an epoch, then release for a full epoch.
+    """
+    steps = []
+    for dataset, task in order:
+        if task != "cls" or lock_cls:
+            steps.append({"dataset": dataset, "task": task, "phase": "lock", "epoch_fraction": lock_fraction})
+        steps.append({"dataset": dataset, "task": task, "phase": "release", "epoch_fraction": release_fraction})
+    return steps
+
+
+# The paper's 20 task-epochs (REFERENCE §1.5), datasets named as cxrfx's adapters name them.
+PAPER_TASK_ORDER = (
+    ("chexpert", "cls"), ("nih14", "cls"), ("vindr_cxr", "cls"), ("shenzhen", "cls"), ("mimic", "cls"),
+    ("tbx11k", "cls"), ("tbx11k", "det"), ("node21", "cls"), ("node21", "det"), ("candid_ptx", "cls"),
+    ("candid_ptx", "det"), ("candid_ptx", "seg"), ("rsna_pneumonia", "cls"), ("rsna_pneumonia", "det"),
+    ("chestx_det", "cls"), ("chestx_det", "det"), ("chestx_det", "seg"), ("siim_acr", "cls"), ("siim_acr", "det"),
+    ("siim_acr", "seg"),
+)
+
+
+def paper_cycle() -> list[dict]:
+    """The published cycle: 20 task-epochs, expanded into 29 lock / release steps."""
+    return expand_tasks(PAPER_TASK_ORDER)

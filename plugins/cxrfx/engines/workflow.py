@@ -1,0 +1,127 @@
+"""``MultiTaskTrainer``: MONAI's SupervisedTrainer running one Lock-Release step's task per iteration.
+
+Each iteration reads the current step (``engine.state.cxrfx_step``, set by :class:`LockReleaseHandler`), runs
+the backbone once, that task's shared part and head, the task loss, and, with a teacher, the consistency
+term on the same image: ``loss = (1 - w) * task + w * consistency`` (paper: w = 0.5). Consistency
+features: the pooled embedding (cls), the fused UperNet map (seg), the neck levels (det); the student side
+keeps its gradient unless ``det_consistency_gradient=False`` (the reference code's behaviour for
+localization). AMP: bf16 autocast on CPU and CUDA (``amp=True``); gradients clipped by norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from monai.apps.detection.utils.detector_utils import check_training_targets
+from monai.engines import SupervisedTrainer
+from torch import nn
+
+from cxrfx.engines.lock_release import LockReleaseHandler, freeze_norm_statistics
+from cxrfx.engines.losses import DiceBCELoss, MaskedBCEWithLogitsLoss, consistency_loss
+from cxrfx.networks.heads.detection import build_detector
+
+__all__ = ["MultiTaskTrainer", "detection_loss"]
+
+
+def detection_loss(detector, images: torch.Tensor, head_outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+    """RetinaNet losses from already-computed head maps (the detector's own forward would rerun the network)."""
+    targets = check_training_targets(images, targets, detector.spatial_dims, detector.target_label_key,
+                                     detector.target_box_key)
+    detector.generate_anchors(images, head_outputs)
+    num_locs = [x.shape[2:].numel() for x in head_outputs[detector.cls_key]]
+    maps = {k: detector._reshape_maps(head_outputs[k]) for k in (detector.cls_key, detector.box_reg_key)}
+    return detector.compute_loss(maps, targets, detector.anchors, num_locs)
+
+
+class MultiTaskTrainer(SupervisedTrainer):
+    """Multi-dataset, multi-task trainer driven by a :class:`LockReleaseHandler`.
+
+    Args:
+        device, max_epochs, network, optimizer: as ``SupervisedTrainer`` (one epoch = one cycle).
+        lock_release: the cycle; attached here, it also supplies the data and the epoch length.
+        teacher: the EMA teacher module (``TeacherHandler.teacher``) or None (no consistency term).
+        consistency_weight: ``w`` above.
+        det_consistency_gradient: False reproduces the reference code (no gradient from the det term).
+        clip_grad_norm: max gradient norm (None: no clipping).
+        amp: bf16 autocast.
+        train_handlers: further ignite handlers (teacher, checkpoints, logging, LR schedule, validation).
+    """
+
+    def __init__(self, device: str | torch.device, max_epochs: int, network: nn.Module,
+                 optimizer: torch.optim.Optimizer, lock_release: LockReleaseHandler, teacher: nn.Module | None = None,
+                 consistency_weight: float = 0.5, det_consistency_gradient: bool = True,
+                 clip_grad_norm: float | None = 1.0, amp: bool = False, train_handlers: Sequence | None = None,
+                 seg_loss: nn.Module | None = None, cls_loss: nn.Module | None = None, **kwargs):
+        super().__init__(device=device, max_epochs=max_epochs, train_data_loader=lock_release.data, network=network,
+                         optimizer=optimizer, loss_function=cls_loss or MaskedBCEWithLogitsLoss(),
+                         epoch_length=lock_release.cycle_length, train_handlers=train_handlers, amp=False,
+                         decollate=False, optim_set_to_none=True, **kwargs)
+        lock_release.attach(self)
+        self.lock_release = lock_release
+        self.teacher = teacher
+        self.consistency_weight = float(consistency_weight)
+        self.det_consistency_gradient = det_consistency_gradient
+        self.clip_grad_norm = clip_grad_norm
+        self.bf16 = bool(amp)
+        self.seg_loss = seg_loss or DiceBCELoss()
+        model = network.module if hasattr(network, "module") else network
+        self.model = model
+        self.detectors = {name: build_detector(model, name) for name in model.det_heads}
+
+    def _features(self, model: nn.Module, feats: list[torch.Tensor], task: str):
+        if task == "cls":
+            return model.pooled_feature(feats)
+        if task == "seg":
+            return model.seg_features(feats)
+        return model.det_features(feats)
+
+    def _task_loss(self, task: str, head: str, shared, images: torch.Tensor, batch: Mapping) -> torch.Tensor:
+        model = self.model
+        if task == "cls":
+            return self.loss_function(model.cls_heads[head](shared), batch["label"].to(self.state.device))
+        if task == "seg":
+            logits = model.seg_heads[head](shared, images.shape[-2:])
+            return self.seg_loss(logits, batch["mask"].to(self.state.device))
+        targets = [{"boxes": torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4).to(self.state.device),
+                    "labels": torch.as_tensor(lab, dtype=torch.long).reshape(-1).to(self.state.device)}
+                   for b, lab in zip(batch["boxes"], batch["box_labels"])]
+        losses = detection_loss(self.detectors[head], images, model.det_heads[head](shared), targets)
+        return sum(losses.values())
+
+    def _iteration(self, engine, batchdata: Mapping) -> dict:
+        step = engine.state.cxrfx_step
+        images = batchdata["image"].to(engine.state.device, non_blocking=engine.non_blocking)
+        engine.network.train()
+        if step.phase == "lock":
+            freeze_norm_statistics(self.model)
+        engine.optimizer.zero_grad(set_to_none=True)
+        device_type = images.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            feats = self.model.forward_features(images)
+            shared = self._features(self.model, feats, step.task)
+            task_loss = self._task_loss(step.task, step.dataset, shared, images, batchdata)
+            consistency = torch.zeros((), device=images.device)
+            if self.teacher is not None and self.consistency_weight > 0:
+                with torch.no_grad():
+                    target = self._features(self.teacher, self.teacher.forward_features(images), step.task)
+                student = shared
+                if step.task == "det" and not self.det_consistency_gradient:
+                    student = [s.detach() for s in shared]
+                consistency = consistency_loss(student, target)
+                loss = (1 - self.consistency_weight) * task_loss + self.consistency_weight * consistency
+            else:
+                loss = task_loss
+        loss.backward()
+        if self.clip_grad_norm:
+            params = [p for p in engine.network.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        engine.optimizer.step()
+        engine.state.output = {"loss": loss.detach(), "task_loss": task_loss.detach(),
+                               "consistency": consistency.detach(), "step": step.key, "phase": step.phase}
+        return engine.state.output
+
+
+def trainable_names(network: nn.Module) -> Iterable[str]:
+    """Names of parameters that currently require gradients (for logs and tests)."""
+    return [n for n, p in network.named_parameters() if p.requires_grad]
