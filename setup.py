@@ -32,7 +32,7 @@ setup(
         "itk": ["itk>=5.3"],
         # ONNX export (torch.export based) and ONNX Runtime for its numerical check.
         "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
-        "test": ["pytest>=8", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        "test": ["pytest>=8", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "scikit-learn", "pycocotools"],
     },
     entry_points={"console_scripts": ["cxrfx=cxrfx.__main__:main"]},
 )
