@@ -1,0 +1,152 @@
+"""Validation of every (task, dataset) source for the student and the teacher, in one MONAI evaluator.
+
+``MultiTaskEvaluator`` walks all validation loaders in one epoch; ``MultiTaskScore`` (an ignite Metric)
+collects predictions per source and model and computes, per source: ``auc`` (mean per-label AUC over
+labels with both classes, unknown labels masked) for cls, ``ap50`` and ``map40_fx`` for det, ``dice_fx``
+(per image, empty/empty = 1) and ``dice_global`` for seg. The scalar form (``detailed=False``) is the mean
+of the main score of each source (auc / ap50 / dice_fx) for one model: the key metric that selects the
+best checkpoint, always on the validation split.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from monai.engines import Evaluator
+from monai.utils import optional_import
+from torch import nn
+
+from cxrfx.metrics import ap50, dice_fx, dice_global, map40_fx, multilabel_auc
+from cxrfx.networks.heads.detection import build_detector
+
+Metric, _ = optional_import("ignite.metrics", name="Metric")
+
+__all__ = ["MultiTaskEvaluator", "MultiTaskScore", "SourceChain", "MAIN_METRIC"]
+
+MAIN_METRIC = {"cls": "auc", "det": "ap50", "seg": "dice_fx"}
+
+
+class SourceChain:
+    """Every batch of every loader once, as ``(key, batch)`` pairs (one evaluator epoch)."""
+
+    def __init__(self, loaders: Mapping[str, Iterable]):
+        self.loaders = dict(loaders)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.loaders.values())
+
+    def __iter__(self):
+        for key, loader in self.loaders.items():
+            for batch in loader:
+                yield key, batch
+
+
+class MultiTaskScore(Metric):
+    """Collects ``{"key", "target", "student", "teacher"}`` outputs; computes per-source metrics.
+
+    Args:
+        model: ``"student"`` or ``"teacher"`` for the scalar form.
+        detailed: False: one float (mean main score of ``model``); True: a dict of every metric of both
+            models, ``"<model>/<task>/<dataset>/<metric>"`` plus ``"<model>/mean"``.
+    """
+
+    required_output_keys = ("key", "target", "student", "teacher")
+
+    def __init__(self, model: str = "student", detailed: bool = False, output_transform=lambda x: x, device="cpu"):
+        self.model, self.detailed = model, detailed
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._preds = defaultdict(lambda: defaultdict(list))
+        self._targets = defaultdict(list)
+
+    def update(self, output) -> None:
+        key, target, student, teacher = output  # ignite hands over the required_output_keys in order
+        self._targets[key].extend(target)
+        for model, preds in (("student", student), ("teacher", teacher)):
+            if preds is not None:
+                self._preds[model][key].extend(preds)
+
+    def _scores(self, model: str) -> dict[str, float]:
+        scores = {}
+        for key, preds in self._preds[model].items():
+            task = key.split("/")[0]
+            targets = self._targets[key]
+            if task == "cls":
+                scores[f"{key}/auc"] = multilabel_auc(torch.stack(preds), torch.stack(targets))["auc_all"]
+            elif task == "seg":
+                probs, masks = torch.stack(preds).float(), torch.stack(targets).float()
+                scores[f"{key}/dice_fx"] = dice_fx(probs, masks)
+                scores[f"{key}/dice_global"] = dice_global(probs, masks)
+            else:
+                scores[f"{key}/ap50"] = ap50(preds, targets)
+                scores[f"{key}/map40_fx"] = map40_fx(preds, targets)
+        mains = [v for k, v in scores.items() if k.rsplit("/", 1)[1] == MAIN_METRIC[k.split("/")[0]] and np.isfinite(v)]
+        scores["mean"] = float(np.mean(mains)) if mains else float("nan")
+        return scores
+
+    def compute(self):
+        if not self.detailed:
+            return self._scores(self.model)["mean"]
+        return {f"{m}/{k}": v for m in ("student", "teacher") if self._preds[m] for k, v in self._scores(m).items()}
+
+
+class MultiTaskEvaluator(Evaluator):
+    """Runs the student (and the teacher) over every validation source; outputs feed :class:`MultiTaskScore`.
+
+    Args:
+        device: torch device.
+        loaders: ``{"<task>/<dataset>": DataLoader}`` (validation split, no augmentation).
+        network: the student :class:`FoundationX`; teacher: its EMA teacher or None.
+        key_val_metric / additional_metrics / val_handlers: as MONAI's ``Evaluator``.
+    """
+
+    def __init__(self, device, loaders: Mapping[str, Iterable], network: nn.Module, teacher: nn.Module | None = None,
+                 key_val_metric: dict | None = None, additional_metrics: dict | None = None,
+                 val_handlers=None, amp: bool = False, **kwargs):
+        chain = SourceChain(loaders)
+        super().__init__(device=device, val_data_loader=chain, epoch_length=len(chain), key_val_metric=key_val_metric,
+                         additional_metrics=additional_metrics, val_handlers=val_handlers, decollate=False, **kwargs)
+        self.network = network.module if hasattr(network, "module") else network
+        self.teacher = teacher
+        self.bf16 = bool(amp)
+        self._detectors = {}
+
+    def _detector(self, model: nn.Module, head: str):
+        key = (id(model), head)
+        if key not in self._detectors:
+            self._detectors[key] = build_detector(model, head, score_thresh=0.02)
+        return self._detectors[key]
+
+    @torch.no_grad()
+    def _predict(self, model: nn.Module, task: str, head: str, images: torch.Tensor):
+        model.eval()
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if task == "det":
+                detector = self._detector(model, head).eval()
+                out = detector(images)
+                return [{"boxes": o["boxes"].float().cpu(), "scores": o["labels_scores"].float().cpu(),
+                         "labels": o["labels"].cpu()} for o in out]
+            logits = model(images, task=task, head=head)
+        probs = torch.sigmoid(logits.float()).cpu()
+        return list(probs > 0.5) if task == "seg" else list(probs)
+
+    def _iteration(self, engine, batchdata) -> dict:
+        key, batch = batchdata
+        task, head = key.split("/", 1)
+        images = batch["image"].to(engine.state.device)
+        if task == "cls":
+            target = list(batch["label"].float())
+        elif task == "seg":
+            target = list(batch["mask"] > 0.5)
+        else:
+            target = [{"boxes": torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4),
+                       "labels": torch.as_tensor(lab, dtype=torch.long).reshape(-1)}
+                      for b, lab in zip(batch["boxes"], batch["box_labels"])]
+        output = {"key": key, "target": target, "student": self._predict(self.network, task, head, images),
+                  "teacher": self._predict(self.teacher, task, head, images) if self.teacher is not None else None}
+        engine.state.output = output
+        return output
