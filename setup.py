@@ -26,6 +26,7 @@ setup(
         "jsonschema>=4",
         "pillow>=10",
         "scipy>=1.10",
+        "tensorboard>=2.14",
     ],
     extras_require={
         # itk is optional: ~1.5 GB installed; only needed for NRRD and exotic ITK formats.

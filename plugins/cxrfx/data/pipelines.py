@@ -20,7 +20,7 @@ from cxrfx.io.transforms import LoadCXRd, LoadMaskd, NormalizeCXRd
 
 __all__ = ["task_transforms", "KEEP_KEYS"]
 
-KEEP_KEYS = ("image", "label", "mask", "boxes", "box_labels", "id", "dataset")
+KEEP_KEYS = {"cls": ("image", "label"), "seg": ("image", "mask"), "det": ("image", "boxes", "box_labels")}
 
 
 def task_transforms(task: str, size: int = 224, mask_classes: Sequence[str] | None = None, train: bool = False,
@@ -48,5 +48,6 @@ def task_transforms(task: str, size: int = 224, mask_classes: Sequence[str] | No
         chain += [RandAdjustContrastd("image", prob=0.3, gamma=(0.8, 1.25)),
                   RandGaussianNoised("image", prob=0.2, std=0.01)]
     chain.append(EnsureTyped(keys, data_type="tensor", track_meta=False))
-    chain.append(SelectItemsd([k for k in KEEP_KEYS], allow_missing_keys=True))
+    # only this task's keys: a dataset's other annotations (e.g. mask paths when training its labels) stay out
+    chain.append(SelectItemsd([*KEEP_KEYS[task], "id", "dataset"], allow_missing_keys=True))
     return Compose(chain)

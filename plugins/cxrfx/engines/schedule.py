@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 
 from cxrfx.errors import ConfigError
 
-__all__ = ["Step", "parse_schedule", "resolve_lengths", "paper_cycle", "PAPER_TASK_ORDER", "expand_tasks"]
+__all__ = ["Step", "parse_schedule", "resolve_lengths", "paper_cycle", "phantom_cycle", "PAPER_TASK_ORDER",
+           "expand_tasks"]
 
 _TASKS = ("cls", "seg", "det")
 _PHASES = ("lock", "release")
@@ -94,6 +95,12 @@ PAPER_TASK_ORDER = (
     ("chestx_det", "cls"), ("chestx_det", "det"), ("chestx_det", "seg"), ("siim_acr", "cls"), ("siim_acr", "det"),
     ("siim_acr", "seg"),
 )
+
+
+def phantom_cycle(lock_fraction: float = 0.5) -> list[dict]:
+    """The same mechanism over the phantom: labels of all three datasets, boxes, masks (7 steps)."""
+    return expand_tasks([("phantom_cls", "cls"), ("phantom_det", "cls"), ("phantom_det", "det"),
+                         ("phantom_seg", "cls"), ("phantom_seg", "seg")], lock_fraction=lock_fraction)
 
 
 def paper_cycle() -> list[dict]:

@@ -40,7 +40,7 @@ class MultiTaskTrainer(SupervisedTrainer):
     Args:
         device, max_epochs, network, optimizer: as ``SupervisedTrainer`` (one epoch = one cycle).
         lock_release: the cycle; attached here, it also supplies the data and the epoch length.
-        teacher: the EMA teacher module (``TeacherHandler.teacher``) or None (no consistency term).
+        teacher: a :class:`TeacherHandler` (attached here), its teacher module, or None (no consistency term).
         consistency_weight: ``w`` above.
         det_consistency_gradient: False reproduces the reference code (no gradient from the det term).
         clip_grad_norm: max gradient norm (None: no clipping).
@@ -49,7 +49,7 @@ class MultiTaskTrainer(SupervisedTrainer):
     """
 
     def __init__(self, device: str | torch.device, max_epochs: int, network: nn.Module,
-                 optimizer: torch.optim.Optimizer, lock_release: LockReleaseHandler, teacher: nn.Module | None = None,
+                 optimizer: torch.optim.Optimizer, lock_release: LockReleaseHandler, teacher=None,
                  consistency_weight: float = 0.5, det_consistency_gradient: bool = True,
                  clip_grad_norm: float | None = 1.0, amp: bool = False, train_handlers: Sequence | None = None,
                  seg_loss: nn.Module | None = None, cls_loss: nn.Module | None = None, **kwargs):
@@ -59,6 +59,9 @@ class MultiTaskTrainer(SupervisedTrainer):
                          decollate=False, optim_set_to_none=True, **kwargs)
         lock_release.attach(self)
         self.lock_release = lock_release
+        if hasattr(teacher, "attach") and hasattr(teacher, "teacher"):  # a TeacherHandler: attach it, use its model
+            teacher.attach(self)
+            teacher = teacher.teacher
         self.teacher = teacher
         self.consistency_weight = float(consistency_weight)
         self.det_consistency_gradient = det_consistency_gradient

