@@ -13,7 +13,7 @@ from cxrfx.io.jsrt import read_jsrt
 from cxrfx.io.raster import read_raster
 from cxrfx.io.volume import read_metaimage, read_nifti, read_nrrd
 
-__all__ = ["load_cxr", "detect_format", "FORMATS"]
+__all__ = ["load_cxr", "detect_format", "list_images", "FORMATS"]
 
 FORMATS = ("dicom", "png", "jpeg", "raster", "jsrt", "metaimage", "nrrd", "nifti")
 
@@ -113,3 +113,32 @@ def load_cxr(
     meta["path"] = path
     meta.setdefault("inverted", False)
     return image, meta
+
+
+def list_images(path: str | os.PathLike) -> list[str]:
+    """The radiograph files of ``path``: the file itself, or every image file below a folder (a DICOM
+    series folder included: files are recognised by their first bytes, so extension-less DICOMs count)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CXRReadError(path, "input not found")
+    if os.path.isfile(path):
+        return [path]
+    found = []
+    for folder, _, files in sorted(os.walk(path)):
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            if name.startswith(".") or name.lower().endswith((".json", ".csv", ".txt", ".md")):
+                continue
+            try:
+                fmt = detect_format(full)
+            except OSError:
+                continue
+            known = any(name.lower().endswith(ext) for ext in _EXTENSIONS)
+            if known or fmt != "dicom" or _is_dicom(full):
+                found.append(full)
+    return found
+
+
+def _is_dicom(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(132)[128:132] == b"DICM"

@@ -42,13 +42,15 @@ class FoundationX(nn.Module):
             use_checkpoint, embed_dim, depths, num_heads, ...).
         seg_channels, psp_channels, det_channels: decoder / neck widths (Foundation X: 128, 1024, 256).
         shared_fpn_smoothing: reproduce the reference code's single shared FPN smoothing conv.
+        default_task, default_head: what ``forward(x)`` computes without a task (a bundle's ``pred``).
     """
 
     def __init__(self, backbone: str = "base", cls_heads: Mapping[str, int] | None = None,
                  seg_heads: Mapping[str, int] | None = None, det_heads: Mapping[str, int] | None = None,
                  in_chans: int = 1, dropout: float = 0.0, input_mean: float = 0.5056, input_std: float = 0.252,
                  num_anchors: int = 6, backbone_kwargs: Mapping | None = None, seg_channels: int = 128,
-                 psp_channels: int = 1024, det_channels: int = 256, shared_fpn_smoothing: bool = False):
+                 psp_channels: int = 1024, det_channels: int = 256, shared_fpn_smoothing: bool = False,
+                 default_task: str = "cls", default_head: str | None = None):
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.backbone = swin(backbone, in_chans=in_chans, **dict(backbone_kwargs or {}))
@@ -64,6 +66,7 @@ class FoundationX(nn.Module):
             {k: RetinaHead(det_channels, num_anchors, n, dropout) for k, n in (det_heads or {}).items()}
         )
         self.size_divisible = self.backbone.stride
+        self.default_task, self.default_head = default_task, default_head
 
     def heads(self, task: str) -> nn.ModuleDict:
         """The ModuleDict of one task's heads."""
@@ -101,8 +104,13 @@ class FoundationX(nn.Module):
             raise ValueError("this model has no detection heads")
         return self.det_neck(feats[1:])
 
-    def forward(self, x: torch.Tensor, task: str = "cls", head: str | None = None):
-        """One task of one dataset: cls -> (B, C) logits; seg -> (B, C, H, W) logits; det -> head maps."""
+    def forward(self, x: torch.Tensor, task: str | None = None, head: str | None = None):
+        """One task of one dataset: cls -> (B, C) logits; seg -> (B, C, H, W) logits; det -> head maps.
+
+        Without ``task`` the model's ``default_task`` / ``default_head`` (what a bundle's ``pred`` is).
+        """
+        if task is None:
+            task, head = self.default_task, head or self.default_head
         name = self._head(task, head)
         feats = self.forward_features(x)
         if task == "cls":

@@ -1,0 +1,105 @@
+"""``MultiTaskPredictor``: every head of a Foundation X model on each input image, written to disk.
+
+A MONAI ``Evaluator`` over ``{"image": path}`` items (files, a folder, a DICOM series folder): load with
+``cxrfx.io`` (orientation and DICOM LUTs handled), normalise, resize to the network size, run all heads
+(classification probabilities, segmentation masks, detection boxes after NMS), map the results back to the
+original image and hand them to a :class:`PredictionWriter`. An unreadable file is logged with its reason
+and skipped; the others are still processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import Evaluator
+from monai.transforms import Resized
+
+from cxrfx.errors import CXRReadError
+from cxrfx.io.loader import list_images
+from cxrfx.io.transforms import LoadCXRd, NormalizeCXRd
+from cxrfx.networks.heads.detection import build_detector
+from cxrfx.outputs.predictions import PredictionWriter, restore_predictions
+
+__all__ = ["MultiTaskPredictor", "prediction_dataset"]
+
+
+class _SafeLoad:
+    """Load + preprocess one item; an unreadable file becomes an error record instead of an exception."""
+
+    def __init__(self, size: int):
+        self.load = LoadCXRd("image")
+        self.normalize = NormalizeCXRd("image")
+        self.resize = Resized("image", (size, size), mode="area")
+
+    def __call__(self, item: Mapping) -> dict:
+        try:
+            d = self.load(dict(item))
+        except CXRReadError as exc:
+            return {"path": item["image"], "error": str(exc)}
+        d = self.normalize(d)
+        original = d["image"][0].numpy().copy()
+        d = self.resize(d)
+        return {"path": item["image"], "image": d["image"].as_tensor(), "original": original}
+
+
+def prediction_dataset(input_path: str, size: int = 224, split: str = "test") -> Dataset:
+    """A dataset of every image under ``input_path`` (file or folder; a datalist ``.json``: its ``split``),
+    preprocessed for the network."""
+    if str(input_path).endswith(".json"):
+        from cxrfx.data.datalist import load_datalist
+
+        paths = [item["image"] for item in load_datalist(input_path, split)]
+    else:
+        paths = list_images(input_path)
+    return Dataset([{"image": p} for p in paths], _SafeLoad(size))
+
+
+class MultiTaskPredictor(Evaluator):
+    """Run every head on every image and write the results (see module docstring).
+
+    Args:
+        device: torch device. dataset: from :func:`prediction_dataset`. network: a :class:`FoundationX`.
+        writer: where results go. image_size: network input side. det_classes: names per detection head.
+    """
+
+    def __init__(self, device, dataset: Dataset, network: torch.nn.Module, writer: PredictionWriter,
+                 image_size: int = 224, det_classes: Mapping[str, Sequence[str]] | None = None, **kwargs):
+        loader = DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=lambda batch: batch[0])
+        super().__init__(device=device, val_data_loader=loader, epoch_length=len(dataset), decollate=False, **kwargs)
+        self.network = network.module if hasattr(network, "module") else network
+        self.writer, self.image_size = writer, image_size
+        self.det_classes = dict(det_classes or {})
+        self.detectors = {name: build_detector(self.network, name, score_thresh=0.05) for name in self.network.det_heads}
+        self.failures: list[str] = []
+        self.logger = logging.getLogger("cxrfx.predict")
+
+    @torch.no_grad()
+    def _iteration(self, engine, item: Mapping) -> dict:
+        if "error" in item:
+            self.failures.append(item["error"])
+            self.logger.error(f"skipped {item['error']}")
+            engine.state.output = {"path": item["path"], "error": item["error"]}
+            return engine.state.output
+        self.network.eval()
+        image = item["image"][None].to(engine.state.device)
+        outputs = {}
+        feats = self.network.forward_features(image)
+        if len(self.network.cls_heads):
+            pooled = self.network.pooled_feature(feats)
+            outputs.update({f"cls/{k}": torch.sigmoid(h(pooled))[0].cpu() for k, h in self.network.cls_heads.items()})
+        if len(self.network.seg_heads):
+            fused = self.network.seg_features(feats)
+            outputs.update({f"seg/{k}": torch.sigmoid(h(fused, image.shape[-2:]))[0].cpu()
+                            for k, h in self.network.seg_heads.items()})
+        for name, detector in self.detectors.items():
+            det = detector.eval()(image)[0]
+            outputs[f"det/{name}"] = {"boxes": det["boxes"].cpu(), "labels": det["labels"].cpu(),
+                                      "scores": det["labels_scores"].cpu()}
+        result = restore_predictions(outputs, item["original"].shape, (self.image_size, self.image_size),
+                                     self.det_classes)
+        path = self.writer.write(item["path"], item["original"], result)
+        engine.state.output = {"path": item["path"], "json": path}
+        return engine.state.output
