@@ -34,8 +34,11 @@ def resume(path: str | os.PathLike | None, objects: Mapping[str, object]) -> boo
     missing = sorted(set(objects) - set(state))
     if missing:
         raise CheckpointError(f"{path}: cannot resume, the checkpoint lacks {missing}")
-    Checkpoint.load_objects(to_load=dict(objects), checkpoint=state)
     trainer = objects.get("trainer")
+    wanted_epochs = getattr(getattr(trainer, "state", None), "max_epochs", None)
+    Checkpoint.load_objects(to_load=dict(objects), checkpoint=state)
+    if wanted_epochs is not None:  # the run's configured length wins over the one stored with the old run
+        trainer.state.max_epochs = wanted_epochs
     logging.getLogger("cxrfx.resume").info(
         f"resumed from {path} at iteration {getattr(getattr(trainer, 'state', None), 'iteration', '?')}")
     return True
