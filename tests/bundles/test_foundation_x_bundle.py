@@ -102,3 +102,20 @@ def test_evaluate_and_inference(trained):
     assert set(record["heads"]["cls/phantom_det"]) == {"nodule", "mass", "pneumothorax", "effusion", "cardiomegaly"}
     assert len(list(out.glob("*_overlay.png"))) >= 1
     assert (out / "predictions.csv").read_text().count("\n") >= 4
+
+
+def test_multi_gpu_config_with_two_gloo_processes(tmp_path):
+    """torchrun + DistributedDataParallel on 2 CPU processes (gloo): the same command runs on GPUs with NCCL."""
+    configs = _configs("train.json", "multi_gpu_train.json", "demo.json")
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+            "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(tmp_path)]
+    for key, value in {**TINY, "batch_size": 2}.items():
+        args += [f"--{key}", json.dumps(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=str(BUNDLE), env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("MultiTaskTrainer - INFO - Epoch[1] Complete") == 2  # both ranks trained the cycle
+    state = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
+    assert "student" in state and not any(k.startswith("module.") for k in state["student"])

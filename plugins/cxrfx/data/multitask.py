@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch.utils.data import DistributedSampler
 from monai.data import CacheDataset, DataLoader, Dataset
 
 from cxrfx.data.datalist import load_datalist, read_datalist
 from cxrfx.data.pipelines import task_transforms
+from cxrfx.errors import ConfigError
 
 __all__ = ["multitask_collate", "build_sources"]
 
@@ -25,11 +27,13 @@ def multitask_collate(batch: Sequence[Mapping]) -> dict:
 
 
 def build_sources(sources: Mapping[str, Mapping], split: str = "training", size: int = 224, batch_size: int = 4,
-                  num_workers: int = 0, train: bool = True, seed: int = 0, cache_rate: float = 0.0) -> dict[str, DataLoader]:
+                  num_workers: int = 0, train: bool = True, seed: int = 0, cache_rate: float = 0.0,
+                  distributed: bool = False) -> dict[str, DataLoader]:
     """``{"<task>/<dataset>": DataLoader}`` from ``{dataset: {"datalist": path, "tasks": [...], "batch_size"?}}``.
 
     Each data source gets the task's standard transforms (``cxrfx.data.pipelines``) and shuffles when
-    ``train``. A dataset listed with several tasks gives one source per task.
+    ``train``. A dataset listed with several tasks gives one source per task. ``distributed``: each process
+    reads its shard (``DistributedSampler``; all shards have the same length, so every rank walks the same cycle).
     """
     loaders = {}
     for dataset, spec in sources.items():
@@ -44,7 +48,15 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
             data = (CacheDataset(items, transform, cache_rate=cache_rate, progress=False) if cache_rate
                     else Dataset(items, transform))
             generator = torch.Generator().manual_seed(seed)
+            sampler = DistributedSampler(data, shuffle=train, seed=seed) if distributed else None
+            size_here = len(sampler) if sampler is not None else len(data)
+            bs = int(spec.get("batch_size", batch_size))
+            if train and size_here < 2:
+                raise ConfigError(f"{path}: {task} training needs at least 2 images per process ({size_here} here): "
+                                  "BatchNorm cannot train on single-image batches")
             loaders[f"{task}/{dataset}"] = DataLoader(
-                data, batch_size=int(spec.get("batch_size", batch_size)), shuffle=train, drop_last=False,
-                num_workers=num_workers, collate_fn=multitask_collate, generator=generator)
+                data, batch_size=bs, shuffle=train and sampler is None, sampler=sampler,
+                # a last batch of one image would break BatchNorm in training; evaluation keeps every image
+                drop_last=train and size_here % bs == 1, num_workers=num_workers, collate_fn=multitask_collate,
+                generator=generator)
     return loaders

@@ -65,6 +65,9 @@ class InfiniteLoader:
             return next(self._it)
         except StopIteration:
             self.epochs += 1
+            sampler = getattr(self.loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: reshuffle each pass
+                sampler.set_epoch(self.epochs)
             self._it = iter(self.loader)
             return next(self._it)
 

@@ -72,25 +72,15 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.model = model
         self.detectors = {name: build_detector(model, name) for name in model.det_heads}
 
-    def _features(self, model: nn.Module, feats: list[torch.Tensor], task: str):
+    def _task_loss(self, task: str, head: str, out, images: torch.Tensor, batch: Mapping) -> torch.Tensor:
         if task == "cls":
-            return model.pooled_feature(feats)
+            return self.loss_function(out, batch["label"].to(self.state.device))
         if task == "seg":
-            return model.seg_features(feats)
-        return model.det_features(feats)
-
-    def _task_loss(self, task: str, head: str, shared, images: torch.Tensor, batch: Mapping) -> torch.Tensor:
-        model = self.model
-        if task == "cls":
-            return self.loss_function(model.cls_heads[head](shared), batch["label"].to(self.state.device))
-        if task == "seg":
-            logits = model.seg_heads[head](shared, images.shape[-2:])
-            return self.seg_loss(logits, batch["mask"].to(self.state.device))
+            return self.seg_loss(out, batch["mask"].to(self.state.device))
         targets = [{"boxes": torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4).to(self.state.device),
                     "labels": torch.as_tensor(lab, dtype=torch.long).reshape(-1).to(self.state.device)}
                    for b, lab in zip(batch["boxes"], batch["box_labels"])]
-        losses = detection_loss(self.detectors[head], images, model.det_heads[head](shared), targets)
-        return sum(losses.values())
+        return sum(detection_loss(self.detectors[head], images, out, targets).values())
 
     def _iteration(self, engine, batchdata: Mapping) -> dict:
         step = engine.state.cxrfx_step
@@ -101,13 +91,13 @@ class MultiTaskTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=True)
         device_type = images.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            feats = self.model.forward_features(images)
-            shared = self._features(self.model, feats, step.task)
-            task_loss = self._task_loss(step.task, step.dataset, shared, images, batchdata)
+            # one call through engine.network (DDP-wrapped in multi-GPU runs, so gradients are synchronised)
+            out, shared = engine.network(images, task=step.task, head=step.dataset, return_features=True)
+            task_loss = self._task_loss(step.task, step.dataset, out, images, batchdata)
             consistency = torch.zeros((), device=images.device)
             if self.teacher is not None and self.consistency_weight > 0:
                 with torch.no_grad():
-                    target = self._features(self.teacher, self.teacher.forward_features(images), step.task)
+                    _, target = self.teacher(images, task=step.task, head=step.dataset, return_features=True)
                 student = shared
                 if step.task == "det" and not self.det_consistency_gradient:
                     student = [s.detach() for s in shared]

@@ -104,20 +104,28 @@ class FoundationX(nn.Module):
             raise ValueError("this model has no detection heads")
         return self.det_neck(feats[1:])
 
-    def forward(self, x: torch.Tensor, task: str | None = None, head: str | None = None):
+    def forward(self, x: torch.Tensor, task: str | None = None, head: str | None = None,
+                return_features: bool = False):
         """One task of one dataset: cls -> (B, C) logits; seg -> (B, C, H, W) logits; det -> head maps.
 
         Without ``task`` the model's ``default_task`` / ``default_head`` (what a bundle's ``pred`` is).
+        ``return_features``: also return the task's shared feature (pooled vector, fused map or neck levels),
+        so training computes output and consistency target in one (DDP-synchronised) forward call.
         """
         if task is None:
             task, head = self.default_task, head or self.default_head
         name = self._head(task, head)
         feats = self.forward_features(x)
         if task == "cls":
-            return self.cls_heads[name](self.pooled_feature(feats))
-        if task == "seg":
-            return self.seg_heads[name](self.seg_features(feats), x.shape[-2:])
-        return self.det_heads[name](self.det_features(feats))
+            shared = self.pooled_feature(feats)
+            out = self.cls_heads[name](shared)
+        elif task == "seg":
+            shared = self.seg_features(feats)
+            out = self.seg_heads[name](shared, x.shape[-2:])
+        else:
+            shared = self.det_features(feats)
+            out = self.det_heads[name](shared)
+        return (out, shared) if return_features else out
 
     def forward_all(self, x: torch.Tensor) -> dict[str, object]:
         """Every head's output from one backbone pass: keys ``"cls/<name>"``, ``"seg/<name>"``, ``"det/<name>"``."""
