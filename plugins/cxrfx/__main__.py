@@ -49,11 +49,18 @@ class CLI:
             print(line)
         sys.exit(1 if problems else 0)
 
-    def demo(self, out: str = "runs/demo", count: int = 64, size: int = 256, seed: int = 0):
-        """Build the phantom, validate it, write overlays and a summary table under OUT."""
+    def demo(self, out: str = "runs/demo", count: int = 64, size: int = 256, seed: int = 0, train: bool = True,
+             epochs: int | None = None):
+        """The main job on the phantom: build and validate it, pretrain Foundation X (bundles/foundation_x, demo
+        override), evaluate student and teacher on the test split, run inference, write overlays and a summary.
+
+        Args:
+            train: False stops after the data part (phantom, validation, overlays).
+            epochs: override the demo's number of training cycles.
+        """
         from cxrfx.demo import run_demo
 
-        run_demo(out, count=count, size=size, seed=seed)
+        run_demo(out, count=count, size=size, seed=seed, train=train, epochs=epochs)
 
 
 def main(argv: list[str] | None = None) -> None:
