@@ -27,6 +27,7 @@ setup(
         "pillow>=10",
         "scipy>=1.10",
         "tensorboard>=2.14",
+        "tqdm>=4.60",
     ],
     extras_require={
         # itk is optional: ~1.5 GB installed; only needed for NRRD and exotic ITK formats.

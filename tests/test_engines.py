@@ -191,3 +191,14 @@ def test_resume_continues_at_the_right_step(loaders):
     other = LockReleaseHandler(schedule[:2], loaders, net)
     with pytest.raises(ConfigError, match="different Lock-Release schedule"):
         other.load_state_dict(state)
+
+
+def test_bf16_autocast_step_runs(loaders):
+    net = _net()
+    schedule = [{"dataset": "phantom_seg", "task": "seg", "iterations": 2}]
+    lock_release = LockReleaseHandler(schedule, loaders, net)
+    trainer = MultiTaskTrainer("cpu", 1, net, build_optimizer(net), lock_release, amp=True)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.run()
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
