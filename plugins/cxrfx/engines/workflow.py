@@ -10,7 +10,7 @@ localization). AMP: bf16 autocast on CPU and CUDA (``amp=True``); gradients clip
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.apps.detection.utils.detector_utils import check_training_targets
@@ -114,7 +114,3 @@ class MultiTaskTrainer(SupervisedTrainer):
                                "consistency": consistency.detach(), "step": step.key, "phase": step.phase}
         return engine.state.output
 
-
-def trainable_names(network: nn.Module) -> Iterable[str]:
-    """Names of parameters that currently require gradients (for logs and tests)."""
-    return [n for n, p in network.named_parameters() if p.requires_grad]
