@@ -52,12 +52,12 @@ def restore_predictions(outputs: Mapping[str, object], original_size: Sequence[i
 
 
 class PredictionWriter:
-    """Writes ``<output_dir>/<stem>.json``, ``<stem>_<seg head>.png`` masks (one 8-bit PNG per class channel,
-    value = 255 inside), ``<stem>_overlay.png`` and appends to ``predictions.csv`` (one row per image and
-    classification head)."""
+    """Writes ``<output_dir>/<stem>.json`` (every detection), ``<stem>_<seg head>_<class>.png`` masks (8-bit,
+    255 inside), ``<stem>_overlay.png`` (boxes scoring at least ``score_threshold``) and appends to
+    ``predictions.csv`` (one row per image and classification head)."""
 
     def __init__(self, output_dir: str, label_names: Mapping[str, Sequence[str]] | None = None,
-                 seg_classes: Mapping[str, Sequence[str]] | None = None, score_threshold: float = 0.3):
+                 seg_classes: Mapping[str, Sequence[str]] | None = None, score_threshold: float = 0.5):
         self.output_dir = output_dir
         self.label_names = dict(label_names or {})
         self.seg_classes = dict(seg_classes or {})
