@@ -1,6 +1,7 @@
 """``python -m cxrfx``: the command line (built with fire).
 
 Commands: ``phantom`` (build the embedded dataset), ``validate`` (check datalists and their files),
+``prepare`` (public dataset -> datalist), ``leakage`` (train/test overlaps across datalists),
 ``demo`` (what ``make demo`` runs). Errors that cxrfx raises on purpose print as one line, exit code 2.
 """
 
@@ -48,6 +49,49 @@ class CLI:
         for line in problems:
             print(line)
         sys.exit(1 if problems else 0)
+
+    def prepare(self, name: str = "", root: str = "", out: str = "", split: str = "official", seed: int = 0,
+                views: str = "", harmonise: bool = False, list: bool = False, **options):
+        """Turn a public dataset, as distributed and unpacked under ROOT, into a datalist OUT.
+
+        Args:
+            name: dataset name (see --list).
+            root: the unpacked dataset folder.
+            out: datalist JSON to write (masks are decoded next to it).
+            split: "official" (where the dataset has one) or "random" (patient-level, seeded).
+            seed: seed of random splits.
+            views: comma-separated view positions to keep (e.g. PA,AP), where the metadata has them.
+            harmonise: map native labels onto the shared pathology vocabulary.
+            list: print the supported datasets and exit.
+            options: dataset-specific options (e.g. --bbox for nih14, --uncertain ones for chexpert).
+        """
+        from cxrfx.data.adapters import list_adapters, prepare
+
+        if list:
+            for info in list_adapters():
+                print(f"{info.name:16s} {'+'.join(info.tasks):40s} {info.source}")
+            return
+        if not (name and root and out):
+            raise CXRFXError("prepare needs NAME --root DIR --out DATALIST.json (or --list)")
+        view_list = [v.strip() for v in str(views).split(",") if v.strip()] if views else None
+        path = prepare(name, root, out, split=split, seed=seed, views=view_list, harmonise=harmonise, **options)
+        from cxrfx.data.datalist import read_datalist
+
+        data = read_datalist(path)
+        print(f"{path}: " + ", ".join(f"{s} {len(data.get(s, []))}" for s in ("training", "validation", "test")))
+
+    def leakage(self, *datalists: str, pixels: bool = True):
+        """Report images in the training split of one datalist and the validation/test split of another (by
+        source id and by pixel hash); exit 1 when any is found."""
+        from cxrfx.data.adapters.leakage import find_leakage
+
+        if len(datalists) < 1:
+            raise CXRFXError("leakage: give one or more datalist JSON files")
+        lines = find_leakage(list(datalists), pixels=pixels)
+        for line in lines:
+            print(line)
+        print(f"{len(lines)} leaking image(s)", file=sys.stderr)
+        sys.exit(1 if lines else 0)
 
     def demo(self, out: str = "runs/demo", count: int = 64, size: int = 256, seed: int = 0, train: bool = True,
              epochs: int | None = None):

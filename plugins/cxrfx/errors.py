@@ -41,3 +41,7 @@ class PhantomSourceError(CXRFXError, RuntimeError):
 
 class CheckpointError(CXRFXError, RuntimeError):
     """A checkpoint cannot be loaded safely or does not fit the model."""
+
+
+class DatasetLayoutError(CXRFXError, ValueError):
+    """A dataset on disk does not have the layout its adapter expects (missing file, column, bad row)."""

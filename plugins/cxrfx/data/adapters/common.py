@@ -1,0 +1,240 @@
+"""Shared pieces of the dataset adapters: strict CSV reading, splits, mask decoding and box fusion.
+
+Every error names the file (and the line for a bad row): ``DatasetLayoutError``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from cxrfx.errors import DatasetLayoutError
+
+__all__ = [
+    "require_file", "require_dir", "read_csv", "row_error", "rel", "patient_split", "assign_splits",
+    "datalist", "rle_decode_relative_colmajor", "rle_decode_absolute", "polygon_mask", "ellipse_mask",
+    "write_mask", "mask_box", "fuse_boxes", "box_iou_xyxy", "SPLIT_NAMES",
+]
+
+SPLIT_NAMES = ("training", "validation", "test")
+
+
+def require_file(root: str, *parts: str, what: str = "") -> str:
+    """``root/parts`` if it is a file, else a DatasetLayoutError saying what was expected where."""
+    path = os.path.join(root, *parts)
+    if not os.path.isfile(path):
+        hint = f" ({what})" if what else ""
+        raise DatasetLayoutError(f"{path}: expected file not found{hint}; is --root the unpacked dataset folder?")
+    return path
+
+
+def require_dir(root: str, *parts: str, what: str = "") -> str:
+    path = os.path.join(root, *parts)
+    if not os.path.isdir(path):
+        hint = f" ({what})" if what else ""
+        raise DatasetLayoutError(f"{path}: expected folder not found{hint}; is --root the unpacked dataset folder?")
+    return path
+
+
+def row_error(path: str, line: int, message: str) -> DatasetLayoutError:
+    """Error for one bad row: ``<file>:<line>: <message>``."""
+    return DatasetLayoutError(f"{path}:{line}: {message}")
+
+
+def read_csv(path: str, required: Sequence[str] = (), rename: Mapping[str, str] | None = None,
+             positional: Sequence[str] | None = None, delimiter: str = ",") -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as ``(line number, {column: value})``, values stripped.
+
+    ``rename`` maps raw header names to clean ones (e.g. NIH's ``OriginalImage[Width``); ``positional``
+    replaces the header entirely by these names (for malformed headers such as ``Bbox [x,y,w,h],,,``).
+    Raises naming the file for a missing required column, and file:line for a row with too few fields.
+    """
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise DatasetLayoutError(f"{path}: cannot open ({exc.strerror})") from None
+    with f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DatasetLayoutError(f"{path}: empty file, expected a CSV header") from None
+        header = [h.strip() for h in header]
+        if positional is not None:
+            header = list(positional) + header[len(positional):]
+        if rename:
+            header = [rename.get(h, h) for h in header]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DatasetLayoutError(f"{path}: missing column(s) {missing}; header is {header}")
+        needed = max((header.index(c) for c in required), default=-1) + 1
+        rows = []
+        for line, values in enumerate(reader, start=2):
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) < needed:
+                raise row_error(path, line, f"{len(values)} fields, expected at least {needed} ({header[:needed]})")
+            rows.append((line, {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}))
+    return rows
+
+
+def rel(path: str, out_dir: str) -> str:
+    """``path`` relative to the datalist folder when both are on the same tree, else absolute."""
+    path, out_dir = os.path.abspath(path), os.path.abspath(out_dir)
+    try:
+        r = os.path.relpath(path, out_dir)
+    except ValueError:
+        return path
+    return r if not r.startswith(".." + os.sep + ".." + os.sep + ".." + os.sep + "..") else path
+
+
+def _stable_rank(key: str, seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
+
+
+def patient_split(patients: Iterable[str], seed: int = 0, fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> dict[str, str]:
+    """Patient id -> split name, random but reproducible for ``seed`` (patients never straddle splits)."""
+    unique = sorted(set(patients), key=lambda p: _stable_rank(p, seed))
+    n = len(unique)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    out = {}
+    for i, p in enumerate(unique):
+        out[p] = "training" if i < n_train else "validation" if i < n_train + n_val else "test"
+    return out
+
+
+def assign_splits(items: Sequence[dict], seed: int = 0, fractions: Sequence[float] = (0.7, 0.1, 0.2),
+                  key: str = "patient_id") -> dict[str, list[dict]]:
+    """Items grouped by a patient-level random split (``key`` holds the patient id; the id is used if absent)."""
+    patients = [it.get(key) or it.get("id") for it in items]
+    by_patient = patient_split(patients, seed, fractions)
+    splits = {s: [] for s in SPLIT_NAMES}
+    for it, p in zip(items, patients):
+        splits[by_patient[p]].append(it)
+    return splits
+
+
+def datalist(name: str, tasks: Mapping[str, Any], splits: Mapping[str, list[dict]], description: str,
+             license: str, source: str) -> dict:
+    """A datalist dict (validated when written by ``prepare``)."""
+    data = {"name": name, "schema_version": 1, "box_mode": "xyxy", "description": description, "license": license,
+            "source": source, "tasks": dict(tasks)}
+    for s in SPLIT_NAMES:
+        data[s] = list(splits.get(s, []))
+    return data
+
+
+def rle_decode_relative_colmajor(rle: str, height: int, width: int) -> np.ndarray:
+    """SIIM-ACR Kaggle RLE: pairs (offset, length), each offset counted from the end of the previous run (the
+    first from pixel 0), over the column-major flattened image; ``"-1"`` or empty = no mask. (H, W) bool."""
+    mask = np.zeros(height * width, dtype=bool)
+    text = rle.strip()
+    if text in ("", "-1"):
+        return mask.reshape(width, height).T
+    values = [int(v) for v in text.split()]
+    if len(values) % 2:
+        raise ValueError(f"odd number of RLE values ({len(values)})")
+    position = 0
+    for offset, length in zip(values[0::2], values[1::2]):
+        position += offset
+        if position < 0 or position + length > mask.size:
+            raise ValueError(f"run {offset} {length} leaves the {height}x{width} image")
+        mask[position:position + length] = True
+        position += length
+    return mask.reshape(width, height).T  # column-major: x varies slowest
+
+
+def rle_decode_absolute(rle: str, height: int, width: int, one_based: bool = True) -> np.ndarray:
+    """Absolute-start RLE (``start length`` pairs, row-major; CheXmask: 1-based). (H, W) bool."""
+    mask = np.zeros(height * width, dtype=bool)
+    values = [int(v) for v in rle.split()] if rle and rle.strip() not in ("", "-1") else []
+    if len(values) % 2:
+        raise ValueError(f"odd number of RLE values ({len(values)})")
+    for start, length in zip(values[0::2], values[1::2]):
+        s = start - 1 if one_based else start
+        if s < 0 or s + length > mask.size:
+            raise ValueError(f"run {start} {length} leaves the {height}x{width} image")
+        mask[s:s + length] = True
+    return mask.reshape(height, width)
+
+
+def polygon_mask(polygons: Sequence[Sequence[Sequence[float]]], height: int, width: int) -> np.ndarray:
+    """Union of polygons given as ``[[x, y], ...]`` (pixel coordinates, x = column), rasterised. (H, W) bool."""
+    img = Image.new("1", (width, height), 0)
+    draw = ImageDraw.Draw(img)
+    for poly in polygons:
+        points = [(float(x), float(y)) for x, y in poly]
+        if len(points) >= 3:
+            draw.polygon(points, fill=1, outline=1)
+    return np.array(img, dtype=bool)
+
+
+def ellipse_mask(box: Sequence[float], height: int, width: int) -> np.ndarray:
+    """The ellipse inscribed in ``[x1, y1, x2, y2]``. (H, W) bool."""
+    img = Image.new("1", (width, height), 0)
+    ImageDraw.Draw(img).ellipse([float(v) for v in box], fill=1, outline=1)
+    return np.array(img, dtype=bool)
+
+
+def write_mask(path: str, mask: np.ndarray) -> str:
+    """A binary mask as an 8-bit PNG (0 / 255); creates the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray((np.asarray(mask, dtype=bool) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def mask_box(mask: np.ndarray) -> list[float] | None:
+    """Tight ``[x1, y1, x2, y2]`` (pixel edges) around a mask, None when empty."""
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return None
+    return [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
+
+
+def box_iou_xyxy(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def fuse_boxes(boxes: Sequence[Sequence[float]], labels: Sequence[int], readers: Sequence[str],
+               method: str = "wbf", iou: float = 0.4, min_readers: int = 1) -> tuple[list[list[float]], list[int]]:
+    """Fuse several readers' boxes of one image, per class.
+
+    Boxes of the same class overlapping (IoU >= ``iou``) with a cluster join it (greedy, in input order).
+    ``method``: ``"wbf"`` averages each cluster's coordinates (weighted box fusion with equal weights);
+    ``"majority"`` does the same but keeps only clusters marked by at least ``min_readers`` (default: more than
+    half of the readers who read the image) distinct readers; ``"union"`` keeps every box unfused.
+    """
+    if method == "union":
+        return [list(map(float, b)) for b in boxes], [int(v) for v in labels]
+    if method not in ("wbf", "majority"):
+        raise ValueError(f"box fusion must be 'wbf', 'majority' or 'union', got {method!r}")
+    n_readers = len(set(readers))
+    need = min_readers if method == "wbf" else max(min_readers, n_readers // 2 + 1)
+    clusters: list[dict] = []
+    for box, label, reader in zip(boxes, labels, readers):
+        best, best_iou = None, iou
+        for c in clusters:
+            if c["label"] == label:
+                v = box_iou_xyxy(c["mean"], box)
+                if v >= best_iou:
+                    best, best_iou = c, v
+        if best is None:
+            clusters.append({"label": int(label), "boxes": [list(map(float, box))], "readers": {reader}, "mean": list(box)})
+        else:
+            best["boxes"].append(list(map(float, box)))
+            best["readers"].add(reader)
+            best["mean"] = list(np.mean(best["boxes"], axis=0))
+    kept = [c for c in clusters if len(c["readers"]) >= need]
+    return [[round(float(v), 2) for v in c["mean"]] for c in kept], [c["label"] for c in kept]
+
