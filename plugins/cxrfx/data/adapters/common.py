@@ -75,7 +75,8 @@ def read_csv(path: str, required: Sequence[str] = (), rename: Mapping[str, str] 
             raise DatasetLayoutError(f"{path}: missing column(s) {missing}; header is {header}")
         needed = max((header.index(c) for c in required), default=-1) + 1
         rows = []
-        for line, values in enumerate(reader, start=2):
+        for values in reader:
+            line = reader.line_num  # physical line (the record's last, for quoted fields spanning lines)
             if not values or all(not v.strip() for v in values):
                 continue
             if len(values) < needed:
