@@ -103,8 +103,9 @@ def patient_split(patients: Iterable[str], seed: int = 0, fractions: Sequence[fl
     """Patient id -> split name, random but reproducible for ``seed`` (patients never straddle splits)."""
     unique = sorted(set(patients), key=lambda p: _stable_rank(p, seed))
     n = len(unique)
-    n_train = int(round(fractions[0] * n))
     n_val = int(round(fractions[1] * n))
+    n_test = int(round(fractions[2] * n)) if len(fractions) > 2 else 0
+    n_train = n - n_val - n_test  # the rounding remainder goes to training; an empty fraction stays empty
     out = {}
     for i, p in enumerate(unique):
         out[p] = "training" if i < n_train else "validation" if i < n_train + n_val else "test"
