@@ -131,7 +131,7 @@ def test_left_mask_option_overrides_the_vote(tmp_path):
 
 def test_random_patient_split(tmp_path):
     data, _ = _prepare(tmp_path, seed=4)
-    assert [len(data[s]) for s in ("training", "validation", "test")] == [5, 1, 2]  # round(0.7*8), round(0.1*8)
+    assert [len(data[s]) for s in ("training", "validation", "test")] == [5, 1, 2]  # round(0.1*8) validation, round(0.2*8) test, rest training
     seen = [it["patient_id"] for s in ("training", "validation", "test") for it in data[s]]
     assert len(seen) == len(set(seen))
     again, _ = _prepare(tmp_path, split="random", seed=4)
