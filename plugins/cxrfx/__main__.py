@@ -7,6 +7,7 @@ Commands: ``phantom`` (build the embedded dataset), ``validate`` (check datalist
 
 from __future__ import annotations
 
+import builtins
 import sys
 
 from cxrfx.errors import CXRFXError
@@ -73,11 +74,14 @@ class CLI:
             return
         if not (name and root and out):
             raise CXRFXError("prepare needs NAME --root DIR --out DATALIST.json (or --list)")
-        view_list = [v.strip() for v in str(views).split(",") if v.strip()] if views else None
+        # fire turns "PA,AP" into a tuple and "PA" into a string
+        parts = views if isinstance(views, (builtins.list, tuple)) else str(views).split(",") if views else []
+        view_list = [str(v).strip() for v in parts if str(v).strip()] or None
         path = prepare(name, root, out, split=split, seed=seed, views=view_list, harmonise=harmonise, **options)
-        from cxrfx.data.datalist import read_datalist
+        import json
 
-        data = read_datalist(path)
+        with open(path, encoding="utf-8") as f:  # already checked by prepare
+            data = json.load(f)
         print(f"{path}: " + ", ".join(f"{s} {len(data.get(s, []))}" for s in ("training", "validation", "test")))
 
     def leakage(self, *datalists: str, pixels: bool = True):

@@ -81,6 +81,8 @@ def test_box_fusion_rules():
     majority, _ = fuse_boxes(boxes, labels, readers, "majority")
     assert majority == [[10.5, 10.5, 20.5, 20.5]]  # only the box two of three readers drew
     assert len(fuse_boxes(boxes, labels, readers, "union")[0]) == 4
+    # three readers read the image; two found nothing: a box drawn by one reader is no majority
+    assert fuse_boxes([[0, 0, 5, 5]], [0], ["R1"], "majority", n_readers=3) == ([], [])
 
 
 def test_read_csv_names_file_column_and_line(tmp_path):

@@ -209,19 +209,21 @@ def box_iou_xyxy(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def fuse_boxes(boxes: Sequence[Sequence[float]], labels: Sequence[int], readers: Sequence[str],
-               method: str = "wbf", iou: float = 0.4, min_readers: int = 1) -> tuple[list[list[float]], list[int]]:
+               method: str = "wbf", iou: float = 0.4, min_readers: int = 1,
+               n_readers: int | None = None) -> tuple[list[list[float]], list[int]]:
     """Fuse several readers' boxes of one image, per class.
 
     Boxes of the same class overlapping (IoU >= ``iou``) with a cluster join it (greedy, in input order).
     ``method``: ``"wbf"`` averages each cluster's coordinates (weighted box fusion with equal weights);
-    ``"majority"`` does the same but keeps only clusters marked by at least ``min_readers`` (default: more than
-    half of the readers who read the image) distinct readers; ``"union"`` keeps every box unfused.
+    ``"majority"`` does the same but keeps only clusters marked by more than half of the ``n_readers`` who read
+    the image (readers who found nothing count: pass their number; default: the readers who drew boxes), and at
+    least ``min_readers``; ``"union"`` keeps every box unfused.
     """
     if method == "union":
         return [list(map(float, b)) for b in boxes], [int(v) for v in labels]
     if method not in ("wbf", "majority"):
         raise ValueError(f"box fusion must be 'wbf', 'majority' or 'union', got {method!r}")
-    n_readers = len(set(readers))
+    n_readers = n_readers or len(set(readers))
     need = min_readers if method == "wbf" else max(min_readers, n_readers // 2 + 1)
     clusters: list[dict] = []
     for box, label, reader in zip(boxes, labels, readers):
