@@ -210,5 +210,5 @@ def test_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="missing.pt: file not found"):
         load_checkpoint(model, tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pt: not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pt: refused: not a readable PyTorch checkpoint"):
         load_checkpoint(model, tmp_path / "junk.pt")

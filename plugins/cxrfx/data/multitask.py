@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -12,14 +13,37 @@ from cxrfx.data.datalist import load_datalist, read_datalist
 from cxrfx.data.pipelines import task_transforms
 from cxrfx.errors import ConfigError
 
-__all__ = ["multitask_collate", "build_sources"]
+__all__ = ["multitask_collate", "build_sources", "SkippingDataset"]
 
 _STACK = ("image", "label", "mask")
 
 
-def multitask_collate(batch: Sequence[Mapping]) -> dict:
-    """Stack images, labels and masks; keep boxes / box labels (different counts per image) as lists."""
-    out: dict = {}
+class SkippingDataset(Dataset):
+    """A MONAI Dataset whose unreadable samples become ``None`` (logged with the file and the reason) instead of
+    an exception; :func:`multitask_collate` drops them and counts them in the batch's ``"skipped"``."""
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception as exc:  # any failure of one sample must not stop a multi-day run under this policy
+            cause = exc
+            while cause.__cause__ is not None:  # MONAI wraps transform errors: report the original one
+                cause = cause.__cause__
+            logging.getLogger("cxrfx.data").warning(f"skipped sample {self.data[index].get('image')}: {cause}")
+            return None
+
+
+def multitask_collate(batch: Sequence[Mapping | None]) -> dict:
+    """Stack images, labels and masks; keep boxes / box labels (different counts per image) as lists.
+
+    ``None`` entries (samples skipped under the ``skip_bad_samples`` policy) are dropped and counted in
+    ``"skipped"``; a batch of only skipped samples is ``{"skipped": n}``.
+    """
+    skipped = sum(item is None for item in batch)
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return {"skipped": skipped}
+    out: dict = {"skipped": skipped}
     for key in batch[0]:
         values = [item[key] for item in batch]
         out[key] = torch.stack([torch.as_tensor(v) for v in values]) if key in _STACK else values
@@ -28,12 +52,14 @@ def multitask_collate(batch: Sequence[Mapping]) -> dict:
 
 def build_sources(sources: Mapping[str, Mapping], split: str = "training", size: int = 224, batch_size: int = 4,
                   num_workers: int = 0, train: bool = True, seed: int = 0, cache_rate: float = 0.0,
-                  distributed: bool = False) -> dict[str, DataLoader]:
+                  distributed: bool = False, skip_bad_samples: bool = False) -> dict[str, DataLoader]:
     """``{"<task>/<dataset>": DataLoader}`` from ``{dataset: {"datalist": path, "tasks": [...], "batch_size"?}}``.
 
     Each data source gets the task's standard transforms (``cxrfx.data.pipelines``) and shuffles when
     ``train``. A dataset listed with several tasks gives one source per task. ``distributed``: each process
     reads its shard (``DistributedSampler``; all shards have the same length, so every rank walks the same cycle).
+    ``skip_bad_samples``: an unreadable sample is logged, counted and left out of its batch instead of stopping
+    the run (off by default: a bad file should be fixed, and ``validate`` finds them before training).
     """
     loaders = {}
     for dataset, spec in sources.items():
@@ -45,8 +71,10 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
         for task in spec.get("tasks", ("cls",)):
             classes = meta["tasks"].get("segmentation", {}).get("classes") if task == "seg" else None
             transform = task_transforms(task, size, classes, train=train)
-            data = (CacheDataset(items, transform, cache_rate=cache_rate, progress=False) if cache_rate
-                    else Dataset(items, transform))
+            if cache_rate:
+                data = CacheDataset(items, transform, cache_rate=cache_rate, progress=False)
+            else:
+                data = (SkippingDataset if skip_bad_samples else Dataset)(items, transform)
             generator = torch.Generator().manual_seed(seed)
             sampler = DistributedSampler(data, shuffle=train, seed=seed) if distributed else None
             size_here = len(sampler) if sampler is not None else len(data)

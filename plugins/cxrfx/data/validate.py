@@ -15,7 +15,7 @@ from typing import Any
 from cxrfx.data.datalist import SPLITS, check_datalist, item_name, resolve_items
 from cxrfx.errors import CXRReadError, DatalistError
 
-__all__ = ["validate_datalist", "check_item_files", "assert_valid"]
+__all__ = ["validate_datalist", "check_item_files", "assert_valid", "validate_sources"]
 
 _BOX_TOLERANCE = 1e-3  # pixels; float round-off of converted coordinates
 
@@ -92,3 +92,17 @@ def assert_valid(path: str | os.PathLike, **kwargs) -> None:
     problems = validate_datalist(path, **kwargs)
     if problems:
         raise DatalistError(path, problems)
+
+
+def validate_sources(sources, workers: int = 0):
+    """Validate every datalist of a bundle's ``datasets`` mapping before training; raise listing all problems.
+
+    Returns ``sources`` unchanged, so a config can chain it. A bad file is then reported in the first minute of a
+    run rather than when the loader reaches it.
+    """
+    problems = []
+    for spec in sources.values():
+        problems += validate_datalist(spec["datalist"], workers=workers)
+    if problems:
+        raise DatalistError("datasets", problems)
+    return sources

@@ -74,13 +74,13 @@ class MultiTaskPredictor(Evaluator):
         self.det_classes = dict(det_classes or {})
         self.detectors = {name: build_detector(self.network, name, score_thresh=0.05) for name in self.network.det_heads}
         self.failures: list[str] = []
-        self.logger = logging.getLogger("cxrfx.predict")
+        self.run_log = logging.getLogger("cxrfx.predict")  # ignite keeps its own self.logger
 
     @torch.no_grad()
     def _iteration(self, engine, item: Mapping) -> dict:
         if "error" in item:
             self.failures.append(item["error"])
-            self.logger.error(f"skipped {item['error']}")
+            self.run_log.error(f"skipped {item['error']}")
             engine.state.output = {"path": item["path"], "error": item["error"]}
             return engine.state.output
         self.network.eval()

@@ -10,6 +10,7 @@ localization). AMP: bf16 autocast on CPU and CUDA (``amp=True``); gradients clip
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from cxrfx.engines.lock_release import LockReleaseHandler, freeze_norm_statistics
 from cxrfx.engines.losses import DiceBCELoss, MaskedBCEWithLogitsLoss, consistency_loss
+from cxrfx.errors import ConfigError
 from cxrfx.networks.heads.detection import build_detector
 
 __all__ = ["MultiTaskTrainer", "detection_loss"]
@@ -45,6 +47,8 @@ class MultiTaskTrainer(SupervisedTrainer):
         det_consistency_gradient: False reproduces the reference code (no gradient from the det term).
         clip_grad_norm: max gradient norm (None: no clipping).
         amp: bf16 autocast.
+        nonfinite: on a NaN / infinite loss, ``"skip"`` the update (logged, counted) or ``"stop"`` the run after
+            skipping it (so the weights a final checkpoint saves are the last good ones).
         train_handlers: further ignite handlers (teacher, checkpoints, logging, LR schedule, validation).
     """
 
@@ -52,7 +56,8 @@ class MultiTaskTrainer(SupervisedTrainer):
                  optimizer: torch.optim.Optimizer, lock_release: LockReleaseHandler, teacher=None,
                  consistency_weight: float = 0.5, det_consistency_gradient: bool = True,
                  clip_grad_norm: float | None = 1.0, amp: bool = False, train_handlers: Sequence | None = None,
-                 seg_loss: nn.Module | None = None, cls_loss: nn.Module | None = None, **kwargs):
+                 seg_loss: nn.Module | None = None, cls_loss: nn.Module | None = None, nonfinite: str = "skip",
+                 **kwargs):
         super().__init__(device=device, max_epochs=max_epochs, train_data_loader=lock_release.data, network=network,
                          optimizer=optimizer, loss_function=cls_loss or MaskedBCEWithLogitsLoss(),
                          epoch_length=lock_release.cycle_length, train_handlers=train_handlers, amp=False,
@@ -67,6 +72,12 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.det_consistency_gradient = det_consistency_gradient
         self.clip_grad_norm = clip_grad_norm
         self.bf16 = bool(amp)
+        if nonfinite not in ("skip", "stop"):
+            raise ConfigError(f"nonfinite must be 'skip' or 'stop', got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self.skipped_samples = 0
+        self.run_log = logging.getLogger("cxrfx.trainer")  # not self.logger: that is ignite's engine logger
         self.seg_loss = seg_loss or DiceBCELoss()
         model = network.module if hasattr(network, "module") else network
         self.model = model
@@ -84,6 +95,11 @@ class MultiTaskTrainer(SupervisedTrainer):
 
     def _iteration(self, engine, batchdata: Mapping) -> dict:
         step = engine.state.cxrfx_step
+        self.skipped_samples += int(batchdata.get("skipped", 0)) if batchdata else 0
+        if not batchdata or "image" not in batchdata:  # every sample of the batch was unreadable (skip policy)
+            self.run_log.warning(f"iteration {engine.state.iteration} ({step.key}): empty batch skipped")
+            engine.state.output = {"loss": torch.tensor(float("nan")), "step": step.key, "phase": step.phase}
+            return engine.state.output
         images = batchdata["image"].to(engine.state.device, non_blocking=engine.non_blocking)
         engine.network.train()
         if step.phase == "lock":
@@ -105,6 +121,18 @@ class MultiTaskTrainer(SupervisedTrainer):
                 loss = (1 - self.consistency_weight) * task_loss + self.consistency_weight * consistency
             else:
                 loss = task_loss
+        if not torch.isfinite(loss.detach()):
+            self.skipped_steps += 1
+            self.run_log.error(f"non-finite loss ({float(loss.detach())}) at iteration {engine.state.iteration}, dataset "
+                              f"{step.dataset}, task {step.task} ({step.phase}): update skipped"
+                              + ("; stopping the run" if self.nonfinite == "stop" else ""))
+            engine.optimizer.zero_grad(set_to_none=True)
+            engine.state.output = {"loss": loss.detach(), "task_loss": task_loss.detach(),
+                                   "consistency": consistency.detach(), "step": step.key, "phase": step.phase,
+                                   "skipped": True}
+            if self.nonfinite == "stop":
+                engine.terminate()
+            return engine.state.output
         loss.backward()
         if self.clip_grad_norm:
             params = [p for p in engine.network.parameters() if p.grad is not None]

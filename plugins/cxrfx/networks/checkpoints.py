@@ -97,6 +97,11 @@ def read_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict
                 "code from the file. If you trust its origin, pass allow_pickle=True (load_checkpoint) explicitly."
             ) from None
         detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if str(exc) else ""
+        if not allow_pickle and "unpickl" in type(exc).__name__.lower():
+            raise CheckpointError(
+                f"{path}: refused: not a readable PyTorch checkpoint of tensors only ({detail[:120]}); if it is a plain "
+                "pickle, unpickling would run code from the file. If you trust its origin, pass allow_pickle=True."
+            ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {detail[:200]})") from None
 
 
