@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -107,7 +108,11 @@ def test_evaluate_and_inference(trained):
 def test_multi_gpu_config_with_two_gloo_processes(tmp_path):
     """torchrun + DistributedDataParallel on 2 CPU processes (gloo): the same command runs on GPUs with NCCL."""
     configs = _configs("train.json", "multi_gpu_train.json", "demo.json")
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    with socket.socket() as sock:  # a free port: a fixed one can still be held by an earlier run
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(port),
             "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
             "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(tmp_path)]
     for key, value in {**TINY, "batch_size": 2}.items():
