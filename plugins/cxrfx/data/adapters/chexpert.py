@@ -28,7 +28,6 @@ Options:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 import re
 from typing import Any
 
@@ -97,16 +96,6 @@ def _view(row: dict) -> str:
     if row["Frontal/Lateral"].lower() == "lateral":
         return "LATERAL"
     return row["AP/PA"].upper() or "FRONTAL"
-
-
-def _filter_views(splits: dict[str, list[dict]], views: Sequence[str]) -> dict[str, list[dict]]:
-    """The items whose view is one of ``views`` (case-insensitive); a filter that keeps nothing is refused."""
-    keep = {str(v).strip().upper() for v in views}
-    out = {s: [it for it in splits[s] if it.get("view", "").upper() in keep] for s in common.SPLIT_NAMES}
-    if not any(out.values()):
-        present = sorted({it.get("view", "") for s in common.SPLIT_NAMES for it in splits[s]} - {""})
-        raise ConfigError(f"{NAME}: views {sorted(keep)} match no image; the views present are {present}")
-    return out
 
 
 @register
@@ -186,7 +175,7 @@ class CheXpertAdapter(DatasetAdapter):
             how = (f"official: train.csv -> training + patient-level validation ({val_fraction:g}, seed {seed}), "
                    "valid.csv -> test")
         if views:
-            splits = _filter_views(splits, views)
+            splits = common.filter_views(NAME, splits, views)
 
         policy = {v: k for k, v in UNCERTAIN.items()}[uncertain]
         notes = [how, f"uncertain -> {policy}", f"blank -> {'0' if blank == 0 else '-1'}"]

@@ -6,6 +6,7 @@ Every error names the file (and the line for a bad row): ``DatasetLayoutError``.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,7 +18,7 @@ from PIL import Image, ImageDraw
 from cxrfx.errors import DatasetLayoutError
 
 __all__ = [
-    "require_file", "require_dir", "read_csv", "row_error", "rel", "patient_split", "assign_splits",
+    "require_file", "require_dir", "read_csv", "filter_views", "row_error", "rel", "patient_split", "assign_splits",
     "datalist", "rle_decode_relative_colmajor", "rle_decode_absolute", "polygon_mask", "ellipse_mask",
     "write_mask", "mask_box", "fuse_boxes", "box_iou_xyxy", "SPLIT_NAMES",
 ]
@@ -55,16 +56,19 @@ def read_csv(path: str, required: Sequence[str] = (), rename: Mapping[str, str] 
     replaces the header entirely by these names (for malformed headers such as ``Bbox [x,y,w,h],,,``).
     Raises naming the file for a missing required column, and file:line for a row with too few fields.
     """
-    try:
-        f = open(path, newline="", encoding="utf-8-sig")
+    try:  # gzip-compressed CSVs (MIMIC's *.csv.gz, some mirrors) read the same way
+        f = (gzip.open(path, "rt", newline="", encoding="utf-8-sig") if path.endswith(".gz")
+             else open(path, newline="", encoding="utf-8-sig"))
     except OSError as exc:
-        raise DatasetLayoutError(f"{path}: cannot open ({exc.strerror})") from None
+        raise DatasetLayoutError(f"{path}: cannot open ({exc.strerror or exc})") from None
     with f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
             raise DatasetLayoutError(f"{path}: empty file, expected a CSV header") from None
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise DatasetLayoutError(f"{path}: cannot read CSV ({exc})") from None
         header = [h.strip() for h in header]
         if positional is not None:
             header = list(positional) + header[len(positional):]
@@ -83,6 +87,18 @@ def read_csv(path: str, required: Sequence[str] = (), rename: Mapping[str, str] 
                 raise row_error(path, line, f"{len(values)} fields, expected at least {needed} ({header[:needed]})")
             rows.append((line, {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}))
     return rows
+
+
+def filter_views(dataset: str, splits: Mapping[str, list[dict]], views: Sequence[str]) -> dict[str, list[dict]]:
+    """The items whose ``view`` is one of ``views`` (case-insensitive); a filter that keeps nothing is refused."""
+    from cxrfx.errors import ConfigError
+
+    keep = {str(v).strip().upper() for v in views}
+    out = {s: [it for it in splits.get(s, []) if it.get("view", "").upper() in keep] for s in SPLIT_NAMES}
+    if not any(out.values()):
+        present = sorted({it.get("view", "") for s in SPLIT_NAMES for it in splits.get(s, [])} - {""})
+        raise ConfigError(f"{dataset}: views {sorted(keep)} match no image; the views present are {present}")
+    return out
 
 
 def rel(path: str, out_dir: str) -> str:

@@ -41,8 +41,6 @@ import re
 import warnings
 from typing import Any
 
-import numpy as np
-
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
 from cxrfx.data.adapters.montgomery import SIDE_CONVENTIONS, resolve_sides, side_vote

@@ -26,10 +26,7 @@ Options:
 
 from __future__ import annotations
 
-import csv
 import glob
-import gzip
-import io
 import math
 import os
 from collections.abc import Sequence
@@ -74,34 +71,6 @@ def _find(root: str, kind: str) -> str:
     return common.require_file(root, f"mimic-cxr-2.0.0-{kind}.csv.gz", what=f"MIMIC-CXR-JPG {kind} file")
 
 
-def _read_csv(path: str, required: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
-    """``common.read_csv``, plus gzip-compressed files (``.gz``) with the same checks and messages."""
-    if not path.endswith(".gz"):
-        return common.read_csv(path, required=required)
-    try:
-        with gzip.open(path, "rb") as f:
-            text = f.read().decode("utf-8-sig")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DatasetLayoutError(f"{path}: cannot read gzip CSV ({exc})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DatasetLayoutError(f"{path}: empty file, expected a CSV header") from None
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DatasetLayoutError(f"{path}: missing column(s) {missing}; header is {header}")
-    needed = max((header.index(c) for c in required), default=-1) + 1
-    rows = []
-    for line, values in enumerate(reader, start=2):
-        if not values or all(not v.strip() for v in values):
-            continue
-        if len(values) < needed:
-            raise common.row_error(path, line, f"{len(values)} fields, expected at least {needed} ({header[:needed]})")
-        rows.append((line, {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}))
-    return rows
-
-
 def _id(path: str, line: int, column: str, text: str) -> str:
     """A numeric MIMIC id as its canonical text (``"10000032"``; ``"10000032.0"`` from pandas exports too)."""
     if text.isdigit():
@@ -129,16 +98,6 @@ def _value(path: str, line: int, column: str, text: str, uncertain: int, blank: 
     if v == -1.0:
         return uncertain
     raise common.row_error(path, line, f"{column} is {text!r}, expected 1.0, 0.0, -1.0 or blank")
-
-
-def _filter_views(splits: dict[str, list[dict]], views: Sequence[str]) -> dict[str, list[dict]]:
-    """The items whose view is one of ``views`` (case-insensitive); a filter that keeps nothing is refused."""
-    keep = {str(v).strip().upper() for v in views}
-    out = {s: [it for it in splits[s] if it.get("view", "").upper() in keep] for s in common.SPLIT_NAMES}
-    if not any(out.values()):
-        present = sorted({it.get("view", "") for s in common.SPLIT_NAMES for it in splits[s]} - {""})
-        raise ConfigError(f"{NAME}: views {sorted(keep)} match no image; the views present are {present}")
-    return out
 
 
 @register
@@ -169,7 +128,7 @@ class MIMICCXRJPGAdapter(DatasetAdapter):
         files = common.require_dir(root, "files", what="the JPG tree files/pXX/p<subject>/s<study>/")
 
         studies: dict[tuple[str, str], list[int]] = {}
-        for line, row in _read_csv(label_path, required=("subject_id", "study_id", *LABELS)):
+        for line, row in common.read_csv(label_path, required=("subject_id", "study_id", *LABELS)):
             key = (_id(label_path, line, "subject_id", row["subject_id"]),
                    _id(label_path, line, "study_id", row["study_id"]))
             studies[key] = [_value(label_path, line, c, row[c], uncertain, blank) for c in LABELS]
@@ -177,7 +136,7 @@ class MIMICCXRJPGAdapter(DatasetAdapter):
         official: dict[str, str] = {}
         if split == "official":
             split_path = _find(root, "split")
-            for line, row in _read_csv(split_path, required=("dicom_id", "split")):
+            for line, row in common.read_csv(split_path, required=("dicom_id", "split")):
                 name = SPLITS.get(row["split"].lower())
                 if name is None:
                     raise common.row_error(split_path, line, f"split is {row['split']!r}, expected train, validate "
@@ -185,7 +144,7 @@ class MIMICCXRJPGAdapter(DatasetAdapter):
                 official[row["dicom_id"]] = name
 
         items, unlabelled, missing, unsplit, seen = [], 0, 0, 0, {}
-        for line, row in _read_csv(meta_path, required=("dicom_id", "subject_id", "study_id", "ViewPosition")):
+        for line, row in common.read_csv(meta_path, required=("dicom_id", "subject_id", "study_id", "ViewPosition")):
             dicom = row["dicom_id"]
             if not dicom:
                 raise common.row_error(meta_path, line, "empty dicom_id")
@@ -230,7 +189,7 @@ class MIMICCXRJPGAdapter(DatasetAdapter):
             splits = {s: [it for it in items if official[it["id"]] == s] for s in common.SPLIT_NAMES}
             how = "official split file (train / validate / test)"
         if views:
-            splits = _filter_views(splits, views)
+            splits = common.filter_views(NAME, splits, views)
 
         notes = [how, f"{labeler} labels, uncertain -> {policy}, blank -> {'0' if blank == 0 else '-1'}"]
         if unlabelled:

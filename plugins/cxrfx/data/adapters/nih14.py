@@ -29,11 +29,8 @@ Options:
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from PIL import Image
@@ -81,39 +78,6 @@ def _bool_option(value: Any, name: str) -> bool:
     if text in ("0", "false", "no", "off", "", "none"):
         return False
     raise ConfigError(f"{NAME}: option {name} must be true or false, got {value!r}")
-
-
-def _read_csv(path: str, required: Sequence[str] = (), rename: Mapping[str, str] | None = None,
-              positional: Sequence[str] | None = None) -> list[tuple[int, dict[str, str]]]:
-    """``common.read_csv``, plus gzip-compressed files (``.gz``) with the same checks and messages."""
-    if not path.endswith(".gz"):
-        return common.read_csv(path, required=required, rename=rename, positional=positional)
-    try:
-        with gzip.open(path, "rb") as f:
-            text = f.read().decode("utf-8-sig")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DatasetLayoutError(f"{path}: cannot read gzip CSV ({exc})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DatasetLayoutError(f"{path}: empty file, expected a CSV header") from None
-    if positional is not None:
-        header = list(positional) + header[len(positional):]
-    if rename:
-        header = [rename.get(h, h) for h in header]
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DatasetLayoutError(f"{path}: missing column(s) {missing}; header is {header}")
-    needed = max((header.index(c) for c in required), default=-1) + 1
-    rows = []
-    for line, values in enumerate(reader, start=2):
-        if not values or all(not v.strip() for v in values):
-            continue
-        if len(values) < needed:
-            raise common.row_error(path, line, f"{len(values)} fields, expected at least {needed} ({header[:needed]})")
-        rows.append((line, {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}))
-    return rows
 
 
 def _number(text: str) -> int | float | str | None:
@@ -238,7 +202,7 @@ def _google_rows(paths: list[str]) -> list[tuple[str, int, dict[str, str], list[
     out = []
     required = ("Image Index", "Patient ID", "View Position", *GOOGLE_LABELS, "Set Id")
     for path in paths:
-        for line, row in _read_csv(path, required=required, rename=RENAME):
+        for line, row in common.read_csv(path, required=required, rename=RENAME):
             vector = []
             for name in GOOGLE_LABELS:
                 value = row[name].upper()
@@ -308,16 +272,6 @@ def _official_nih_split(root: str, items: list[dict], seed: int, val_fraction: f
     return splits, unlisted
 
 
-def _filter_views(splits: dict[str, list[dict]], views: Sequence[str]) -> dict[str, list[dict]]:
-    """The items whose view is one of ``views`` (case-insensitive); a filter that keeps nothing is refused."""
-    keep = {str(v).strip().upper() for v in views}
-    out = {s: [it for it in splits[s] if it.get("view", "").upper() in keep] for s in common.SPLIT_NAMES}
-    if not any(out.values()):
-        present = sorted({it.get("view", "") for s in common.SPLIT_NAMES for it in splits[s]} - {""})
-        raise ConfigError(f"{NAME}: views {sorted(keep)} match no image; the views present are {present}")
-    return out
-
-
 # ------------------------------------------------------------------------------------------ the adapter
 
 
@@ -358,7 +312,7 @@ class NIH14Adapter(DatasetAdapter):
             path = _find_data_entry(root)
             required = ("Image Index", "Finding Labels", "Patient ID", "View Position")
             rows = [(path, line, row, _parse_findings(path, line, row["Finding Labels"]), None)
-                    for line, row in _read_csv(path, required=required, rename=RENAME)]
+                    for line, row in common.read_csv(path, required=required, rename=RENAME)]
             labels, label_note = LABELS, "NLP-mined Finding Labels; No Finding = all zeros"
         images = _index_images(root)
 
@@ -404,7 +358,7 @@ class NIH14Adapter(DatasetAdapter):
             how = (f"official split: test_list.txt -> test, train_val_list.txt -> training + patient-level "
                    f"validation ({val_fraction:g}, seed {seed})")
         if views:
-            splits = _filter_views(splits, views)
+            splits = common.filter_views(NAME, splits, views)
 
         notes = [how]
         if missing:

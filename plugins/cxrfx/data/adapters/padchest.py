@@ -30,11 +30,7 @@ Options:
 from __future__ import annotations
 
 import ast
-import csv
-import gzip
-import io
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from cxrfx.data.adapters import common, register
@@ -61,34 +57,6 @@ def _bool_option(value: Any, name: str) -> bool:
     if text in ("0", "false", "no", "off", "", "none"):
         return False
     raise ConfigError(f"{NAME}: option {name} must be true or false, got {value!r}")
-
-
-def _read_csv(path: str, required: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
-    """``common.read_csv``, plus gzip-compressed files (``.gz``) with the same checks and messages."""
-    if not path.endswith(".gz"):
-        return common.read_csv(path, required=required)
-    try:
-        with gzip.open(path, "rb") as f:
-            text = f.read().decode("utf-8-sig")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DatasetLayoutError(f"{path}: cannot read gzip CSV ({exc})") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DatasetLayoutError(f"{path}: empty file, expected a CSV header") from None
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DatasetLayoutError(f"{path}: missing column(s) {missing}; header is {header}")
-    needed = max((header.index(c) for c in required), default=-1) + 1
-    rows = []
-    for line, values in enumerate(reader, start=2):
-        if not values or all(not v.strip() for v in values):
-            continue
-        if len(values) < needed:
-            raise common.row_error(path, line, f"{len(values)} fields, expected at least {needed} ({header[:needed]})")
-        rows.append((line, {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}))
-    return rows
 
 
 def _parse_labels(path: str, line: int, text: str) -> list[str]:
@@ -130,16 +98,6 @@ def _find_image(root: str, image_dir: str, image_id: str) -> str | None:
     return None
 
 
-def _filter_views(splits: dict[str, list[dict]], views: Sequence[str]) -> dict[str, list[dict]]:
-    """The items whose view is one of ``views`` (case-insensitive); a filter that keeps nothing is refused."""
-    keep = {str(v).strip().upper() for v in views}
-    out = {s: [it for it in splits[s] if it.get("view", "").upper() in keep] for s in common.SPLIT_NAMES}
-    if not any(out.values()):
-        present = sorted({it.get("view", "") for s in common.SPLIT_NAMES for it in splits[s]} - {""})
-        raise ConfigError(f"{NAME}: views {sorted(keep)} match no image; the views present are {present}")
-    return out
-
-
 @register
 class PadChestAdapter(DatasetAdapter):
     info = AdapterInfo(
@@ -167,7 +125,7 @@ class PadChestAdapter(DatasetAdapter):
             path = common.require_file(root, CSV_NAMES[0], what="the PadChest label CSV")
         rows = []
         no_labels, seen = 0, {}
-        for line, row in _read_csv(path, required=REQUIRED):
+        for line, row in common.read_csv(path, required=REQUIRED):
             image_id = row["ImageID"]
             if not image_id or not row["PatientID"]:
                 raise common.row_error(path, line, "empty ImageID or PatientID")
@@ -226,7 +184,7 @@ class PadChestAdapter(DatasetAdapter):
 
         splits = common.assign_splits(items, seed)  # no official split
         if views:
-            splits = _filter_views(splits, views)
+            splits = common.filter_views(NAME, splits, views)
         notes = [f"random patient-level split (seed {seed}; PadChest has no official split)",
                  f"{len(labels)} labels ({'chosen' if chosen is not None else 'all present in the CSV, sorted'})"]
         if physician_only:

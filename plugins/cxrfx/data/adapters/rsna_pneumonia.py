@@ -22,7 +22,6 @@ The images are NIH ChestX-ray14 images: exclude them from NIH test sets and vice
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from cxrfx.data.adapters import common, register
@@ -63,16 +62,6 @@ def _view(dcm_path: str) -> str:
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise DatasetLayoutError(f"{dcm_path}: cannot read the DICOM header ({exc})") from None
     return str(getattr(ds, "ViewPosition", "") or "").strip().upper()
-
-
-def _filter_views(splits: dict[str, list[dict]], views: Sequence[str]) -> dict[str, list[dict]]:
-    """The items whose view is one of ``views`` (case-insensitive); a filter that keeps nothing is refused."""
-    keep = {str(v).strip().upper() for v in views}
-    out = {s: [it for it in splits[s] if it.get("view", "").upper() in keep] for s in common.SPLIT_NAMES}
-    if not any(out.values()):
-        present = sorted({it.get("view", "") for s in common.SPLIT_NAMES for it in splits[s]} - {""})
-        raise ConfigError(f"{NAME}: views {sorted(keep)} match no image; the views present are {present}")
-    return out
 
 
 @register
@@ -154,7 +143,7 @@ class RSNAPneumoniaAdapter(DatasetAdapter):
 
         splits = common.assign_splits(items, seed)
         if views:
-            splits = _filter_views(splits, views)
+            splits = common.filter_views(NAME, splits, views)
         notes = [f"random split by patientId (seed {seed}; no public test labels)"]
         if missing:
             notes.append(f"{missing} listed DICOM(s) not found on disk were left out")
