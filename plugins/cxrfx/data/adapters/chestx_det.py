@@ -30,7 +30,8 @@ from typing import Any
 
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
-from cxrfx.data.adapters.siim_acr import find_file, no_views, warn_missing
+from cxrfx.data.adapters.common import refuse_views
+from cxrfx.data.adapters.siim_acr import find_file, warn_missing
 from cxrfx.errors import ConfigError, DatasetLayoutError
 
 __all__ = ["ChestXDetAdapter", "FINDINGS", "build_deepwise"]
@@ -228,7 +229,7 @@ class ChestXDetAdapter(DatasetAdapter):
         missing_policy = options.pop("missing", "skip")
         if options:
             raise ConfigError(f"chestx_det: unknown option(s) {sorted(options)}; known: val_fraction, images, missing")
-        no_views(self.info.name, views)
+        refuse_views(self.info.name, views)
         return build_deepwise(
             name=self.info.name, root=root, out_dir=out_dir, split=split, seed=seed,
             json_names={"train": ("ChestX_Det_train.json",), "test": ("ChestX_Det_test.json",)},

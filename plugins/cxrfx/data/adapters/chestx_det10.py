@@ -23,7 +23,7 @@ from typing import Any
 from cxrfx.data.adapters import register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
 from cxrfx.data.adapters.chestx_det import build_deepwise
-from cxrfx.data.adapters.siim_acr import no_views
+from cxrfx.data.adapters.common import refuse_views
 from cxrfx.errors import ConfigError
 
 __all__ = ["ChestXDet10Adapter", "FINDINGS10"]
@@ -59,7 +59,7 @@ class ChestXDet10Adapter(DatasetAdapter):
         if options:
             raise ConfigError(f"chestx_det10: unknown option(s) {sorted(options)}; known: val_fraction, images, "
                               "missing")
-        no_views(self.info.name, views)
+        refuse_views(self.info.name, views)
         return build_deepwise(
             name=self.info.name, root=root, out_dir=out_dir, split=split, seed=seed,
             json_names={"train": ("train.json", "ChestX_Det10_train.json", "chestx_det10_train.json"),

@@ -49,7 +49,8 @@ from typing import Any
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
 from cxrfx.data.adapters.montgomery import SIDE_CONVENTIONS, resolve_sides, side_vote
-from cxrfx.data.adapters.shenzhen import check_options, image_header, refuse_views
+from cxrfx.data.adapters.common import check_options, refuse_views
+from cxrfx.data.adapters.shenzhen import image_header
 from cxrfx.errors import ConfigError, DatasetLayoutError
 
 __all__ = ["CheXmaskAdapter", "ID_COLUMNS", "DEFAULT_PATTERNS"]

@@ -113,9 +113,7 @@ class CheXpertAdapter(DatasetAdapter):
 
     def build(self, root: str, out_dir: str, split: str = "official", seed: int = 0,
               views: list[str] | None = None, **options: Any) -> dict:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"{NAME}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
+        common.check_options(NAME, options, OPTIONS)
         uncertain = _choice(options, "uncertain", UNCERTAIN, "ignore")
         blank = _choice(options, "blank", BLANK, "zeros")
         try:

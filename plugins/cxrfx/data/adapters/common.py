@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from cxrfx.errors import DatasetLayoutError
 
 __all__ = [
-    "require_file", "require_dir", "read_csv", "filter_views", "row_error", "rel", "patient_split", "assign_splits",
+    "require_file", "require_dir", "read_csv", "filter_views", "check_options", "refuse_views", "row_error", "rel", "patient_split", "assign_splits",
     "datalist", "rle_decode_relative_colmajor", "rle_decode_absolute", "polygon_mask", "ellipse_mask",
     "write_mask", "mask_box", "fuse_boxes", "box_iou_xyxy", "SPLIT_NAMES",
 ]
@@ -87,6 +87,24 @@ def read_csv(path: str, required: Sequence[str] = (), rename: Mapping[str, str] 
                 raise row_error(path, line, f"{len(values)} fields, expected at least {needed} ({header[:needed]})")
             rows.append((line, {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}))
     return rows
+
+
+def check_options(dataset: str, options: Mapping[str, Any], known: Sequence[str]) -> None:
+    """Refuse options the adapter does not know (a typo must not be ignored silently)."""
+    from cxrfx.errors import ConfigError
+
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"{dataset}: unknown option(s) {unknown}; known: {', '.join(known) if known else 'none'}")
+
+
+def refuse_views(dataset: str, views: Sequence[str] | None) -> None:
+    """Datasets without view metadata refuse a ``views`` filter rather than silently ignoring it."""
+    from cxrfx.errors import ConfigError
+
+    if views:
+        raise ConfigError(f"{dataset} has no view-position metadata, so it cannot be filtered by views={list(views)}; "
+                          "leave views unset")
 
 
 def filter_views(dataset: str, splits: Mapping[str, list[dict]], views: Sequence[str]) -> dict[str, list[dict]]:

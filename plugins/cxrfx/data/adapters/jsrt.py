@@ -44,7 +44,8 @@ from typing import Any
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
 from cxrfx.data.adapters.montgomery import SIDE_CONVENTIONS, resolve_sides, side_vote
-from cxrfx.data.adapters.shenzhen import check_options, index_masks, read_binary_mask, read_text
+from cxrfx.data.adapters.common import check_options
+from cxrfx.data.adapters.shenzhen import index_masks, read_binary_mask, read_text
 from cxrfx.errors import ConfigError, DatasetLayoutError
 
 __all__ = ["JSRTAdapter", "parse_clndat", "parse_cnndat", "nodule_box"]

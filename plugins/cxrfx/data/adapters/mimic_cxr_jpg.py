@@ -115,9 +115,7 @@ class MIMICCXRJPGAdapter(DatasetAdapter):
 
     def build(self, root: str, out_dir: str, split: str = "official", seed: int = 0,
               views: list[str] | None = None, **options: Any) -> dict:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"{NAME}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
+        common.check_options(NAME, options, OPTIONS)
         policy = _choice(options, "uncertain", list(UNCERTAIN), "ignore")
         blank_policy = _choice(options, "blank", list(BLANK), "zeros")
         labeler = _choice(options, "labeler", LABELERS, "chexpert")

@@ -39,9 +39,9 @@ import numpy as np
 
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
-from cxrfx.data.adapters.shenzhen import (check_options, find_dir, has_files, image_header, nlm_name,
-                                          parse_clinical_reading, read_binary_mask, read_text, refuse_views,
-                                          warn_skipped)
+from cxrfx.data.adapters.common import check_options, refuse_views
+from cxrfx.data.adapters.shenzhen import (find_dir, has_files, image_header, nlm_name, parse_clinical_reading,
+                                          read_binary_mask, read_text, warn_skipped)
 from cxrfx.errors import ConfigError, DatasetLayoutError
 
 __all__ = ["MontgomeryAdapter", "side_vote", "resolve_sides", "SIDE_CONVENTIONS"]

@@ -291,9 +291,7 @@ class NIH14Adapter(DatasetAdapter):
 
     def build(self, root: str, out_dir: str, split: str = "official", seed: int = 0,
               views: list[str] | None = None, **options: Any) -> dict:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"{NAME}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
+        common.check_options(NAME, options, OPTIONS)
         bbox = _bool_option(options.get("bbox", False), "bbox")
         google = options.get("google_labels", False)
         use_google = not (google is False or google is None or

@@ -26,7 +26,8 @@ from typing import Any
 
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
-from cxrfx.data.adapters.siim_acr import index_files, no_views, warn_missing
+from cxrfx.data.adapters.common import refuse_views
+from cxrfx.data.adapters.siim_acr import index_files, warn_missing
 from cxrfx.errors import ConfigError, DatasetLayoutError
 
 __all__ = ["NODE21Adapter"]
@@ -95,7 +96,7 @@ class NODE21Adapter(DatasetAdapter):
             raise ConfigError(f"node21: variant must be 'processed' or 'original', got {variant!r}")
         if missing_policy not in ("skip", "error"):
             raise ConfigError(f"node21: missing must be 'skip' or 'error', got {missing_policy!r}")
-        no_views(self.info.name, views)
+        refuse_views(self.info.name, views)
 
         csv_path = _pick_metadata(root, variant)
         data_dir = os.path.dirname(csv_path)

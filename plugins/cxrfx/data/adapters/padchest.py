@@ -114,9 +114,7 @@ class PadChestAdapter(DatasetAdapter):
 
     def build(self, root: str, out_dir: str, split: str = "official", seed: int = 0,
               views: list[str] | None = None, **options: Any) -> dict:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"{NAME}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
+        common.check_options(NAME, options, OPTIONS)
         chosen = _label_option(options.get("labels"))
         physician_only = _bool_option(options.get("physician_only", False), "physician_only")
 

@@ -34,10 +34,11 @@ from PIL import Image
 
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
-from cxrfx.errors import ConfigError, DatasetLayoutError
+from cxrfx.data.adapters.common import check_options, refuse_views
+from cxrfx.errors import DatasetLayoutError
 
 __all__ = ["ShenzhenAdapter", "find_dir", "parse_clinical_reading", "read_binary_mask", "image_header",
-           "nlm_name", "check_options"]
+           "nlm_name"]
 
 LABELS = ["Tuberculosis"]
 _MASK_DIR_NAMES = ("mask", "masks", "lung_masks", "lungmasks", "lung masks", "lung_mask")
@@ -46,17 +47,8 @@ _MASK_DIR_NAMES = ("mask", "masks", "lung_masks", "lungmasks", "lung masks", "lu
 # ------------------------------------------------------------------------------------------ shared helpers
 
 
-def check_options(name: str, options: dict, allowed: Sequence[str]) -> None:
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        known = ", ".join(allowed) if allowed else "none"
-        raise ConfigError(f"{name}: unknown option(s) {unknown}; known: {known}")
 
 
-def refuse_views(name: str, views: Sequence[str] | None) -> None:
-    if views:
-        raise ConfigError(f"{name} has no view-position metadata, so it cannot be filtered by views={list(views)}; "
-                          "leave views unset")
 
 
 def find_dir(root: str, names: Sequence[str], depth: int = 3,

@@ -132,11 +132,6 @@ def select_views(views: Sequence[str] | None) -> set[str] | None:
     return {str(v).strip().upper() for v in views}
 
 
-def no_views(name: str, views: Sequence[str] | None) -> None:
-    """Datasets without view metadata refuse a ``views`` filter rather than silently ignoring it."""
-    if views:
-        raise ConfigError(f"{name} has no view-position metadata, so it cannot be filtered by views={list(views)}; "
-                          "leave views unset")
 
 
 def warn_missing(name: str, missing: list[str], where: str) -> None:

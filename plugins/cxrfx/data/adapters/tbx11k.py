@@ -30,7 +30,8 @@ from typing import Any
 
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
-from cxrfx.data.adapters.siim_acr import no_views, warn_missing
+from cxrfx.data.adapters.common import refuse_views
+from cxrfx.data.adapters.siim_acr import warn_missing
 from cxrfx.errors import ConfigError, DatasetLayoutError
 
 __all__ = ["TBX11KAdapter"]
@@ -134,7 +135,7 @@ class TBX11KAdapter(DatasetAdapter):
             raise ConfigError(f"tbx11k: val_as must be 'validation' or 'test', got {val_as!r}")
         if missing_policy not in ("skip", "error"):
             raise ConfigError(f"tbx11k: missing must be 'skip' or 'error', got {missing_policy!r}")
-        no_views(self.info.name, views)
+        refuse_views(self.info.name, views)
         base = _base_dir(root)
         img_root = os.path.join(base, "imgs")
 

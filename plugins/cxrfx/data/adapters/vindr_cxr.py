@@ -163,9 +163,7 @@ class VinDrCXRAdapter(DatasetAdapter):
 
     def build(self, root: str, out_dir: str, split: str = "official", seed: int = 0,
               views: list[str] | None = None, **options: Any) -> dict:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"{NAME}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
+        common.check_options(NAME, options, OPTIONS)
         if views:
             raise ConfigError(f"{NAME}: the annotation CSVs carry no view position (the release is PA only); "
                               "leave views unset")

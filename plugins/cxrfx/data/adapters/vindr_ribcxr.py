@@ -38,7 +38,8 @@ import numpy as np
 
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
-from cxrfx.data.adapters.shenzhen import check_options, image_header, refuse_views
+from cxrfx.data.adapters.common import check_options, refuse_views
+from cxrfx.data.adapters.shenzhen import image_header
 from cxrfx.errors import DatasetLayoutError
 
 __all__ = ["VinDrRibCXRAdapter", "RIBS", "parse_polygons"]
