@@ -19,6 +19,7 @@ setup(
         "pytorch-ignite>=0.5",
         "nibabel>=5",
         "pydicom>=2.4",
+        "highdicom>=0.23",  # DICOM SEG output of `predict` (brings pydicom>=3.0.1)
         "fire>=0.6",
         "numpy>=1.24",
         "einops>=0.7",
