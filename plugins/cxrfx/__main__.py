@@ -2,7 +2,8 @@
 
 Commands: ``phantom`` (build the embedded dataset), ``validate`` (check datalists and their files),
 ``prepare`` (public dataset -> datalist), ``leakage`` (train/test overlaps across datalists),
-``demo`` (what ``make demo`` runs). Errors that cxrfx raises on purpose print as one line, exit code 2.
+``demo`` (what ``make demo`` runs), ``predict`` (a bundle on a file / folder / DICOM series), ``calibrate``
+(a bundle's decision thresholds on its validation split). Errors that cxrfx raises on purpose print as one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -109,6 +110,49 @@ class CLI:
         from cxrfx.demo import run_demo
 
         run_demo(out, count=count, size=size, seed=seed, train=train, epochs=epochs)
+
+    def predict(self, bundle: str, input: str, output: str, config: str = "", gradcam: bool = False,
+                thresholds: str = "", device: str = "", progress: bool = True, **overrides):
+        """Run a bundle on INPUT (image file, folder searched recursively, DICOM series folder) into OUTPUT.
+
+        Per image: JSON, mask PNG + NIfTI, boxes and probabilities CSV (calibrated thresholds, yes/no),
+        overlay PNG, DICOM SEG for DICOM inputs, Grad-CAM overlays with --gradcam. Each unreadable file is
+        named with its problem; the others are still processed; exit 1 if any failed.
+
+        Args:
+            bundle: bundle folder (configs/inference.json, models/model.pt, models/thresholds.json if calibrated).
+            config: extra configs merged over inference.json, comma-separated (e.g. demo.json).
+            thresholds: thresholds JSON instead of the bundle's models/thresholds.json.
+            device: cpu, cuda:0, ... (default: the bundle's).
+            overrides: any config id of the bundle, e.g. --image_size 512 --ckpt_path other.pt.
+        """
+        from cxrfx.predict import main_predict
+
+        config = ",".join(config) if isinstance(config, (builtins.list, tuple)) else config
+        sys.exit(main_predict(bundle, input, output, configs=config, gradcam=gradcam, thresholds=thresholds or None,
+                              device=device or None, progress=progress, **overrides))
+
+    def calibrate(self, bundle: str, datalist: str = "", config: str = "", split: str = "validation", out: str = "",
+                  device: str = "", **overrides):
+        """Youden's J threshold per label of every classification head, on the validation split; writes
+        BUNDLE/models/thresholds.json (or OUT), which predict then uses.
+
+        Args:
+            datalist: datalist JSON(s), comma-separated, whose "name" is a head (default: train.json's datasets).
+            config: extra configs merged over inference.json (and train.json), comma-separated.
+            split: the datalist split to calibrate on.
+        """
+        from cxrfx.predict import calibrate_bundle
+
+        join = lambda v: ",".join(v) if isinstance(v, (builtins.list, tuple)) else v  # noqa: E731 (fire tuples)
+        path, results = calibrate_bundle(bundle, datalists=join(datalist) or None, configs=join(config), split=split,
+                                         out=out or None, device=device or None, **overrides)
+        for head, labels in results.items():
+            for label, r in labels.items():
+                extra = f"J={r.j:.3f} sens={r.sensitivity:.3f} spec={r.specificity:.3f}" if r.status == "ok" else ""
+                print(f"{head:16s} {label:20s} threshold={r.threshold:.4f} {r.status:14s} "
+                      f"pos={r.n_positive} neg={r.n_negative} {extra}".rstrip())
+        print(f"thresholds written to {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
