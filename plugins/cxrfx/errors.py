@@ -18,8 +18,10 @@ class CXRReadError(CXRFXError, ValueError):
 
     def __init__(self, path: str | os.PathLike, problem: str):
         self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        # one line: problems often quote a library's message, and some span lines (nibabel's, pydicom's), which
+        # would break ``validate``'s one-line-per-problem output
+        self.problem = " ".join(line.strip() for line in str(problem).splitlines() if line.strip())
+        super().__init__(f"{self.path}: {self.problem}")
 
 
 class DatalistError(CXRFXError, ValueError):

@@ -17,6 +17,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from cxrfx.errors import CXRReadError
+from cxrfx.io.limits import check_dimensions
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -44,16 +45,21 @@ DECODER_HINTS = {
 }
 
 
+# Values longer than this are not read when the file is opened, only when used: a corrupt length field
+# (random bytes read with force=True, a lying PixelData length) must not allocate gigabytes up front.
+_DEFER_SIZE = 1 << 20
+
+
 def _open(path: str) -> pydicom.Dataset:
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     except InvalidDicomError:
         ds = None  # no 'DICM' preamble: legacy files exist, retry leniently below
     except Exception as exc:  # truncated header, bad VR, ...
         raise CXRReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if ds is None:
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(path, force=True, defer_size=_DEFER_SIZE)
         except Exception as exc:
             raise CXRReadError(path, f"not a DICOM file ({type(exc).__name__}: {exc})") from None
         if "Rows" not in ds and not any(k in ds for k in _PIXEL_KEYWORDS):
@@ -67,6 +73,40 @@ def _open(path: str) -> pydicom.Dataset:
             else pydicom.uid.ExplicitVRLittleEndian if little is not False else pydicom.uid.ExplicitVRBigEndian
         )
     return ds
+
+
+def _check_pixel_attributes(path: str, ds: pydicom.Dataset, photometric: str) -> None:
+    """Group 0028 and the pixel data length, checked before decoding: the message names the attribute that
+    is wrong, and a header claiming 65535 x 65535 pixels or a 2 GB PixelData allocates nothing."""
+    try:
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        allocated = int(ds.get("BitsAllocated", 0) or 0)
+        stored = int(ds.get("BitsStored", allocated) or allocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise CXRReadError(path, f"invalid image pixel attributes ({exc})") from None
+    if allocated != 1 and (allocated % 8 or not 8 <= allocated <= 64):
+        raise CXRReadError(path, f"BitsAllocated {allocated} is invalid: must be 1 or a multiple of 8 up to 64")
+    if not 1 <= stored <= allocated:
+        raise CXRReadError(path, f"BitsStored {stored} is invalid for BitsAllocated {allocated} (must be 1..{allocated})")
+    colour = photometric in ("RGB", "PALETTE COLOR") or photometric.startswith("YBR")
+    if not colour and photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise CXRReadError(path, f"unsupported PhotometricInterpretation '{photometric}'")
+    expected = 3 if colour and photometric != "PALETTE COLOR" else 1
+    if samples != expected:
+        raise CXRReadError(path, f"PhotometricInterpretation {photometric} needs SamplesPerPixel {expected}, "
+                                 f"the file has {samples}")
+    check_dimensions(path, rows, columns, "DICOM")
+    try:  # the raw element: its length and offset, without reading the (deferred) value
+        element = ds.get_item("PixelData", keep_deferred=True) if "PixelData" in ds else None
+    except TypeError:  # pragma: no cover - pydicom 2.x has no keep_deferred: skip this check there
+        element = None
+    tell, length = getattr(element, "value_tell", None), getattr(element, "length", None)
+    if tell is not None and length is not None and length != 0xFFFFFFFF:  # not encapsulated (undefined length)
+        available = os.path.getsize(path) - tell
+        if length > available:
+            raise CXRReadError(path, f"truncated pixel data: PixelData declares {length} bytes, the file holds "
+                                     f"{max(available, 0)}")
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> str:
@@ -187,6 +227,7 @@ def read_dicom(path: str | os.PathLike, apply_voi: bool = True, voi_index: int =
     if frames > 1:
         raise CXRReadError(path, f"multi-frame DICOM ({frames} frames): a radiograph must have exactly one frame")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    _check_pixel_attributes(path, ds, photometric)
     arr = _decode(path, ds)
 
     meta: dict[str, Any] = {

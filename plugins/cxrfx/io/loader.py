@@ -10,6 +10,7 @@ import numpy as np
 from cxrfx.errors import CXRReadError
 from cxrfx.io.dicom import read_dicom
 from cxrfx.io.jsrt import read_jsrt
+from cxrfx.io.limits import check_dimensions
 from cxrfx.io.raster import read_raster
 from cxrfx.io.volume import read_metaimage, read_nifti, read_nrrd
 
@@ -80,7 +81,10 @@ def load_cxr(
 
     Raises:
         CXRReadError: naming the file and the problem (missing, empty, truncated, not an image,
-            multi-frame, no pixel data, undecodable transfer syntax, ...).
+            multi-frame, no pixel data, undecodable transfer syntax, invalid pixel attributes, a side
+            shorter than :data:`~cxrfx.io.limits.MIN_SIDE` or a header declaring more than
+            :data:`~cxrfx.io.limits.MAX_PIXELS` pixels, ...). NaN or infinite pixel values are refused
+            too, never clipped or replaced: they mean a broken conversion upstream.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -108,8 +112,13 @@ def load_cxr(
         image, meta = read_nifti(path)
     else:
         raise CXRReadError(path, f"unknown format {fmt!r}; expected one of {FORMATS}")
-    if not np.isfinite(image).all():
-        raise CXRReadError(path, "image contains NaN or infinite values")
+    check_dimensions(path, *image.shape)
+    finite = np.isfinite(image)
+    if not finite.all():
+        # Refused, not clipped or zeroed: NaN / inf pixels come from a broken conversion upstream, any
+        # replacement value would be a guess, and one NaN pixel turns the loss of its whole batch into NaN.
+        raise CXRReadError(path, f"{image.size - int(finite.sum())} of {image.size} pixels are NaN or infinite "
+                                 "values (refused: fix the conversion that wrote this file)")
     meta["path"] = path
     meta.setdefault("inverted", False)
     return image, meta

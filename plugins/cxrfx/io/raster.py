@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrfx.errors import CXRReadError
+from cxrfx.io.limits import check_dimensions
 
 __all__ = ["read_raster"]
 
@@ -37,6 +38,7 @@ def read_raster(path: str | os.PathLike, bits_stored: int | None = None) -> tupl
                 fmt = img.format
                 mode = img.mode
                 info = dict(img.info)
+                check_dimensions(path, img.height, img.width)  # from the header, before decoding
                 n_frames = getattr(img, "n_frames", 1)
                 if n_frames > 1:
                     raise CXRReadError(path, f"multi-frame {fmt} ({n_frames} frames): expected one radiograph")
@@ -53,7 +55,9 @@ def read_raster(path: str | os.PathLike, bits_stored: int | None = None) -> tupl
         raise
     except UnidentifiedImageError:
         raise CXRReadError(path, "not an image file that Pillow recognises") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CXRReadError(path, f"image header declares an implausible size, refused before decoding ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise CXRReadError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
     if arr.ndim != 2 or arr.size == 0:
         raise CXRReadError(path, f"decoded to an unexpected shape {arr.shape}")

@@ -76,12 +76,63 @@ class LoadCXRd(MapTransform):
         return d
 
 
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "LA", "La", "PA")
+
+
+def _mask_pixels(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """A mask file's values via :func:`load_cxr`, refusing colour masks, whose class cannot be read from luma.
+
+    A colour label image (red = class 1, green = class 2 ...) turned into gray levels gives arbitrary values,
+    and a mask drawn only in the alpha channel (black, transparent outside) would silently become empty.
+    Gray images stored as RGB(A) with equal channels are accepted. Palette images keep their indices.
+    """
+    arr, meta = load_cxr(path)
+    mode = meta.get("converted_from")
+    if mode == "P":  # palette PNG/GIF (e.g. VOC style): the indices are the classes
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return np.asarray(img, dtype=np.float32), meta
+    if mode in _COLOUR_MODES:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            bands = np.asarray(img.convert("RGBA"))
+        rgb, alpha = bands[..., :3], bands[..., 3]
+        if (rgb != rgb[..., :1]).any():
+            raise CXRReadError(path, f"colour ({mode}) mask: its R, G and B channels differ, so classes cannot be "
+                                     "read from it; save masks as grayscale (or palette) images")
+        if alpha.min() != alpha.max() and rgb.min() == rgb.max():
+            raise CXRReadError(path, f"{mode} mask drawn only in its alpha channel (the gray values are all "
+                                     f"{int(rgb.flat[0])}); save the alpha channel as a grayscale mask")
+    return arr, meta
+
+
+def _check_binary(path: str | os.PathLike, arr: np.ndarray) -> np.ndarray:
+    """``arr > 0`` for a binary mask (0 and ONE foreground value); anything else is refused, because a lossy
+    (JPEG) mask, an index map or a probability map given as a binary mask would be thresholded silently."""
+    if arr.min() < 0:
+        raise CXRReadError(path, f"binary mask has negative values (minimum {arr.min():g}); expected 0 and one "
+                                 "foreground value")
+    foreground = arr[arr != 0]
+    if foreground.size and foreground.min() != foreground.max():
+        levels = np.unique(foreground)
+        found = ", ".join(f"{v:g}" for v in levels[:5]) + (", ..." if levels.size > 5 else "")
+        raise CXRReadError(path, f"not a binary mask: {levels.size} foreground values ({found}); expected 0 and one "
+                                 "value (a lossy JPEG, an index map or a probability map?)")
+    return arr > 0
+
+
 def read_mask(spec: str | os.PathLike | Mapping[str, str], classes: Sequence[str]) -> np.ndarray:
     """Read a mask as (C, H, W) uint8 {0, 1}, one channel per entry of ``classes``.
 
     ``spec`` is either the path of an index map (pixel value k = ``classes[k-1]``, 0 = background;
-    classes cannot overlap) or a mapping ``{class name: path of a binary mask (nonzero = inside)}``
-    (classes may overlap; a class absent from the mapping is an empty channel).
+    classes cannot overlap) or a mapping ``{class name: path of a binary mask}`` (0 = outside, one other
+    value = inside, e.g. 0 / 255; classes may overlap; a class absent from the mapping is an empty channel).
+
+    Raises :class:`CXRReadError` naming the file for anything :func:`load_cxr` refuses, and for: index
+    values outside ``0..len(classes)``, binary masks with several foreground values or negative values,
+    colour masks (R, G, B differ) and masks drawn only in an alpha channel, files of different sizes.
     """
     if isinstance(spec, Mapping):
         unknown = sorted(set(spec) - set(classes))
@@ -89,22 +140,19 @@ def read_mask(spec: str | os.PathLike | Mapping[str, str], classes: Sequence[str
             raise CXRReadError(next(iter(spec.values()), "<mask>"), f"mask names unknown classes {unknown}")
         channels, shape, first = {}, None, None
         for name, path in spec.items():
-            arr, _ = load_cxr(path)
+            arr, _ = _mask_pixels(path)
             if shape is not None and arr.shape != shape:
                 raise CXRReadError(path, f"mask size {arr.shape} differs from {first} size {shape}")
             shape, first = arr.shape, path
-            channels[name] = arr > 0
+            channels[name] = _check_binary(path, arr)
         if shape is None:
             raise CXRReadError("<mask>", "mask mapping is empty")
         return np.stack([channels.get(c, np.zeros(shape, bool)) for c in classes]).astype(np.uint8)
-    arr, meta = load_cxr(spec)
-    if meta.get("converted_from") == "P":  # palette PNG/GIF (e.g. VOC style): the indices are the classes
-        from PIL import Image
-
-        with Image.open(spec) as img:
-            arr = np.asarray(img, dtype=np.float32)
-    if arr.max() > len(classes) or arr.min() < 0 or not np.array_equal(arr, np.round(arr)):
-        raise CXRReadError(spec, f"index-map mask has values outside 0..{len(classes)} (one per class)")
+    arr, _ = _mask_pixels(spec)
+    bad = arr[(arr < 0) | (arr > len(classes)) | (arr != np.round(arr))]
+    if bad.size:
+        found = ", ".join(f"{v:g}" for v in np.unique(bad)[:5])
+        raise CXRReadError(spec, f"index-map mask has values outside 0..{len(classes)} (one per class): {found}")
     index = arr.astype(np.int64)
     return np.stack([index == k + 1 for k in range(len(classes))]).astype(np.uint8)
 

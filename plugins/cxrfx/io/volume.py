@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cxrfx.errors import CXRReadError
+from cxrfx.io.limits import check_dimensions
 
 __all__ = ["read_metaimage", "read_nrrd", "read_nifti"]
 
@@ -34,15 +35,30 @@ _NRRD_TYPES = {
 }
 
 
-def _to_2d(path: str, data: np.ndarray, sizes_xy_first: list[int]) -> np.ndarray:
-    """Reshape storage-order data (x fastest) to (H, W), allowing trailing singleton dimensions."""
+def _declared_size(path: str, sizes_xy_first: list[int]) -> tuple[int, int]:
+    """(H, W) of a header's sizes (x first), refusing more than 2 non-singleton dimensions and sizes that are
+    too small or too large (:func:`~cxrfx.io.limits.check_dimensions`); call it before reading pixel data."""
     extra = [s for s in sizes_xy_first[2:] if s != 1]
     if len(sizes_xy_first) < 2 or extra:
         raise CXRReadError(path, f"expected a single 2D image, found dimensions {sizes_xy_first}")
-    width, height = sizes_xy_first[0], sizes_xy_first[1]
+    height, width = int(sizes_xy_first[1]), int(sizes_xy_first[0])
+    check_dimensions(path, height, width)
+    return height, width
+
+
+def _to_2d(path: str, data: np.ndarray, sizes_xy_first: list[int]) -> np.ndarray:
+    """Reshape storage-order data (x fastest) to (H, W), allowing trailing singleton dimensions."""
+    height, width = _declared_size(path, sizes_xy_first)
     if data.size != width * height:
         raise CXRReadError(path, f"pixel data holds {data.size} values, header says {width}x{height}: truncated?")
     return data.reshape(height, width)
+
+
+def _int_list(path: str, field: str, value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split()]
+    except ValueError:
+        raise CXRReadError(path, f"header field {field} = {value[:60]!r} is not a list of integers") from None
 
 
 def _range(values: np.ndarray) -> tuple[float, float]:
@@ -97,11 +113,12 @@ def read_metaimage(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]
         if key == "ElementDataFile":
             break
     try:
-        sizes = [int(v) for v in header["DimSize"].split()]
+        sizes = _int_list(path, "DimSize", header["DimSize"])
         dtype = np.dtype(_MET_TYPES[header["ElementType"]])
     except KeyError as exc:
         raise CXRReadError(path, f"MetaImage header lacks or has an unknown {exc}") from None
-    channels = int(header.get("ElementNumberOfChannels", 1))
+    _declared_size(path, sizes)
+    channels = (_int_list(path, "ElementNumberOfChannels", header.get("ElementNumberOfChannels", "1")) or [0])[0]
     if channels != 1:
         raise CXRReadError(path, f"MetaImage with {channels} channels per pixel: expected grayscale")
     msb = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False")).lower() == "true"
@@ -150,10 +167,11 @@ def read_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
             key, value = line.split(":", 1)
             header[key.strip().lower()] = value.strip()
     try:
-        sizes = [int(v) for v in header["sizes"].split()]
+        sizes = _int_list(path, "sizes", header["sizes"])
         dtype = np.dtype(_NRRD_TYPES[header["type"].lower()])
     except KeyError as exc:
         raise CXRReadError(path, f"NRRD header lacks or has an unknown field {exc}") from None
+    _declared_size(path, sizes)
     dtype = dtype.newbyteorder(">" if header.get("endian", "little") == "big" else "<")
     data_file = header.get("data file", header.get("datafile"))
     if data_file:
@@ -195,7 +213,10 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     path = os.fspath(path)
     try:
         img = nib.load(path)
+        _declared_size(path, [int(s) for s in img.header.get_data_shape()])  # x first; before any allocation
         data = np.asarray(img.dataobj)
+    except CXRReadError:
+        raise
     except Exception as exc:  # nibabel raises many types for bad files
         raise CXRReadError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     shape = list(data.shape)
