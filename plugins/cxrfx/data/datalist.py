@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -22,11 +23,13 @@ from cxrfx.errors import DatalistError
 
 __all__ = [
     "SPLITS", "SCHEMA_PATH", "load_schema", "check_datalist", "read_datalist", "resolve_items", "load_datalist",
-    "write_datalist", "item_name",
+    "write_datalist", "item_name", "read_json",
 ]
 
 SPLITS = ("training", "validation", "test")
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "datalist.schema.json")
+_SHORT = reprlib.Repr()  # how a schema problem quotes a wrong value: a whole datalist would hide the problem
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 4, 3
 
 
 @lru_cache(maxsize=1)
@@ -47,7 +50,9 @@ def _schema_problems(data: Any) -> list[str]:
     problems = []
     for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
-        message = err.message if len(err.message) < 200 else err.message[:200] + "..."
+        # jsonschema starts its messages with the offending value: shorten that value, keep what is wrong with it
+        message = err.message.replace(repr(err.instance), _SHORT.repr(err.instance), 1)
+        message = message if len(message) < 200 else message[:200] + "..."
         problems.append(f"{where or '<root>'}: {message}")
     return problems
 
@@ -112,18 +117,42 @@ def check_datalist(data: Any) -> list[str]:
     return _item_problems(data)
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (a NaN or infinite number was written by a non-standard encoder)")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A datalist file's JSON content, unchecked; :class:`DatalistError` naming the file when it cannot be read:
+    missing, empty, not UTF-8 (with the line), not JSON (with line and column), or holding ``NaN`` /
+    ``Infinity``, which Python's json accepts but a box or label can never mean."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DatalistError(path, ["file not found"]) from None
+    except OSError as exc:
+        raise DatalistError(path, [f"cannot read file ({exc.strerror or exc})"]) from None
+    if not raw.strip():
+        raise DatalistError(path, [f"empty file ({len(raw)} bytes), expected a JSON datalist"])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DatalistError(path, [f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at line {line}; "
+                                   "save the datalist as UTF-8"]) from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise DatalistError(path, [f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
+    except ValueError as exc:
+        raise DatalistError(path, [f"not valid JSON: {exc}"]) from None
+
+
 def read_datalist(path: str | os.PathLike) -> dict:
     """Read and check a datalist file; raises :class:`DatalistError` listing every problem."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DatalistError(path, ["file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatalistError(path, [f"cannot read file ({exc})"]) from None
-    except json.JSONDecodeError as exc:
-        raise DatalistError(path, [f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"]) from None
+    data = read_json(path)
     problems = check_datalist(data)
     if problems:
         raise DatalistError(path, problems)

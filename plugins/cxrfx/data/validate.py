@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from cxrfx.data.datalist import SPLITS, check_datalist, item_name, resolve_items
+from cxrfx.data.datalist import SPLITS, check_datalist, item_name, read_json, resolve_items
 from cxrfx.errors import CXRReadError, DatalistError
 
 __all__ = ["validate_datalist", "check_item_files", "assert_valid", "validate_sources"]
@@ -58,16 +58,11 @@ def validate_datalist(path: str | os.PathLike, splits: tuple[str, ...] = SPLITS,
 
     An empty list means all good. ``workers > 1`` decodes files in that many processes.
     """
-    import json
-
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return [f"{path}: file not found"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return [f"{path}: not a readable JSON datalist ({exc})"]
+        data = read_json(path)
+    except DatalistError as exc:
+        return [f"{path}: {p}" for p in exc.problems]
     content_problems = check_datalist(data)
     if content_problems:
         return [f"{path}: {p}" for p in content_problems]

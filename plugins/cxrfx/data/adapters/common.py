@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import os
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -48,44 +50,71 @@ def row_error(path: str, line: int, message: str) -> DatasetLayoutError:
     return DatasetLayoutError(f"{path}:{line}: {message}")
 
 
+def _read_text(path: str) -> str:
+    """The whole file (gunzipped for ``.gz``) as UTF-8 text; errors name the file, and the line and column of
+    the first byte that is not UTF-8 (Latin-1 / Windows-1252 exports, UTF-16 files) or of a NUL character."""
+    try:  # gzip-compressed CSVs (MIMIC's *.csv.gz, some mirrors) read the same way
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            raw = f.read()
+    except FileNotFoundError as exc:
+        raise DatasetLayoutError(f"{path}: cannot open ({exc.strerror})") from None
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated gzip, unreadable
+        raise DatasetLayoutError(f"{path}: cannot read ({type(exc).__name__}: {exc or 'truncated'})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        hint = "it looks like UTF-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "Latin-1 / Windows-1252?"
+        raise row_error(path, line, f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at column {column} ({hint}); "
+                                    "re-save the file as UTF-8") from None
+    if "\x00" in text:
+        at = text.index("\x00")
+        raise row_error(path, text.count("\n", 0, at) + 1, "NUL character in the file: a binary or UTF-16 file?")
+    return text
+
+
 def read_csv(path: str, required: Sequence[str] = (), rename: Mapping[str, str] | None = None,
              positional: Sequence[str] | None = None, delimiter: str = ",") -> list[tuple[int, dict[str, str]]]:
     """Rows of a CSV as ``(line number, {column: value})``, values stripped.
 
     ``rename`` maps raw header names to clean ones (e.g. NIH's ``OriginalImage[Width``); ``positional``
     replaces the header entirely by these names (for malformed headers such as ``Bbox [x,y,w,h],,,``).
-    Raises naming the file for a missing required column, and file:line for a row with too few fields.
+    Raises naming the file for a missing required column, and file:line for a row with too few fields, for
+    bytes that are not UTF-8, NUL characters and malformed quoting.
     """
-    try:  # gzip-compressed CSVs (MIMIC's *.csv.gz, some mirrors) read the same way
-        f = (gzip.open(path, "rt", newline="", encoding="utf-8-sig") if path.endswith(".gz")
-             else open(path, newline="", encoding="utf-8-sig"))
-    except OSError as exc:
-        raise DatasetLayoutError(f"{path}: cannot open ({exc.strerror or exc})") from None
-    with f:
-        reader = csv.reader(f, delimiter=delimiter)
+    text = _read_text(path)
+    # strict: an unterminated quote is an error, not a field that silently swallows the rest of the file
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DatasetLayoutError(f"{path}: empty file, expected a CSV header") from None
+    except csv.Error as exc:
+        raise row_error(path, reader.line_num, f"malformed CSV ({exc})") from None
+    header = [h.strip() for h in header]
+    if positional is not None:
+        header = list(positional) + header[len(positional):]
+    if rename:
+        header = [rename.get(h, h) for h in header]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DatasetLayoutError(f"{path}: missing column(s) {missing}; header is {header}")
+    needed = max((header.index(c) for c in required), default=-1) + 1
+    rows = []
+    while True:
         try:
-            header = next(reader)
+            values = next(reader)
         except StopIteration:
-            raise DatasetLayoutError(f"{path}: empty file, expected a CSV header") from None
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise DatasetLayoutError(f"{path}: cannot read CSV ({exc})") from None
-        header = [h.strip() for h in header]
-        if positional is not None:
-            header = list(positional) + header[len(positional):]
-        if rename:
-            header = [rename.get(h, h) for h in header]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DatasetLayoutError(f"{path}: missing column(s) {missing}; header is {header}")
-        needed = max((header.index(c) for c in required), default=-1) + 1
-        rows = []
-        for values in reader:
-            line = reader.line_num  # physical line (the record's last, for quoted fields spanning lines)
-            if not values or all(not v.strip() for v in values):
-                continue
-            if len(values) < needed:
-                raise row_error(path, line, f"{len(values)} fields, expected at least {needed} ({header[:needed]})")
-            rows.append((line, {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}))
+            break
+        except csv.Error as exc:  # unterminated quote, field over csv.field_size_limit(), ...
+            raise row_error(path, reader.line_num, f"malformed CSV ({exc})") from None
+        line = reader.line_num  # physical line (the record's last, for quoted fields spanning lines)
+        if not values or all(not v.strip() for v in values):
+            continue
+        if len(values) < needed:
+            raise row_error(path, line, f"{len(values)} fields, expected at least {needed} ({header[:needed]})")
+        rows.append((line, {h: (values[i].strip() if i < len(values) else "") for i, h in enumerate(header)}))
     return rows
 
 
