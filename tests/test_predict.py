@@ -16,7 +16,7 @@ from PIL import Image
 
 from cxrfx.__main__ import main
 from cxrfx.data.phantom.files import write_dicom, write_png
-from cxrfx.errors import ConfigError
+from cxrfx.errors import ConfigError, CXRFXError
 from cxrfx.io import load_cxr
 from cxrfx.metrics.calibration import save_thresholds, youden_threshold
 from cxrfx.outputs.dicom_seg import read_dicom_seg
@@ -173,6 +173,14 @@ def test_errors_name_the_problem(bundle, tmp_path, inputs):
     bare = tmp_path / "bare"
     shutil.copytree(bundle / "configs", bare / "configs")
     with pytest.raises(ConfigError, match=r"model\.pt: the bundle has no trained weights"):
+        predict(str(bare), str(inputs / "a.png"), str(tmp_path / "o"), **TINY)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ConfigError, match=r"broken\.json: not a thresholds file"):
+        predict(str(bundle), str(inputs / "a.png"), str(tmp_path / "o"), thresholds=str(broken), **TINY)
+    (bare / "models").mkdir()
+    (bare / "models" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CXRFXError, match=r"model\.pt"):  # the checkpoint loader's own error, not MONAI's wrapper
         predict(str(bare), str(inputs / "a.png"), str(tmp_path / "o"), **TINY)
     with pytest.raises(ConfigError, match="bundle config not found"):
         predict(str(bundle), str(inputs / "a.png"), str(tmp_path / "o"), **{**TINY, "configs": "nope.json"})

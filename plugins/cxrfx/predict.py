@@ -15,6 +15,7 @@ Unreadable files are reported one line each (file and problem) as they occur, th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from cxrfx.errors import ConfigError
+from cxrfx.errors import ConfigError, CXRFXError
+from cxrfx.metrics.calibration import load_thresholds
 
 __all__ = ["PredictSummary", "load_bundle_config", "predict", "main_predict", "calibrate_bundle", "GradCamHandler"]
 
@@ -64,6 +66,21 @@ def load_bundle_config(bundle: str, configs: str | Sequence[str] | None = None, 
     return parser
 
 
+@contextlib.contextmanager
+def _plain_errors():
+    """MONAI wraps errors raised while instantiating or evaluating config items in RuntimeError; give back
+    the cxrfx error inside (it names the file and the problem) so the CLI prints it as one line."""
+    try:
+        yield
+    except RuntimeError as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, CXRFXError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def _initialize(parser) -> None:
     """Run the bundle's ``initialize`` expressions (loading the weights) after checking the weights exist."""
     if "ckpt_path" in parser:
@@ -71,7 +88,8 @@ def _initialize(parser) -> None:
         if not os.path.isfile(ckpt):
             raise ConfigError(f"{ckpt}: the bundle has no trained weights there (train it, or set --ckpt_path)")
     if "initialize" in parser:
-        parser.get_parsed_content("initialize", instantiate=True)
+        with _plain_errors():
+            parser.get_parsed_content("initialize", instantiate=True)
 
 
 def _core_network(network: torch.nn.Module) -> torch.nn.Module:
@@ -177,6 +195,8 @@ def predict(bundle: str, input: str, output: str, configs: str | Sequence[str] |
     parser = load_bundle_config(bundle, configs, device, input_path=os.path.abspath(input),
                                 output_dir=os.path.abspath(output), **overrides)
     thresholds = thresholds or os.path.join(bundle, "models", "thresholds.json")
+    if os.path.exists(thresholds):
+        load_thresholds(thresholds)  # a broken file is named here, not deep inside the writer's construction
     writer_cfg = parser.get("writer", {})
     if isinstance(writer_cfg, Mapping) and str(writer_cfg.get("_target_", "")).endswith("PredictionWriter"):
         extras = {"tables": True, "nifti": True, "dicom_seg": True, "input_root": os.path.abspath(input),
@@ -187,7 +207,8 @@ def predict(bundle: str, input: str, output: str, configs: str | Sequence[str] |
         logging.getLogger(_LOG).warning("the bundle's writer is not a PredictionWriter: tables, NIfTI, DICOM SEG "
                                         "and thresholds are left to it")
     _initialize(parser)
-    evaluator = parser.get_parsed_content("evaluator")
+    with _plain_errors():
+        evaluator = parser.get_parsed_content("evaluator")
     total = len(evaluator.data_loader.dataset)
     if total == 0:
         raise ConfigError(f"{input}: no images found")
