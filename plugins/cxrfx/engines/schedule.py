@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from cxrfx.errors import ConfigError
 
 __all__ = ["Step", "parse_schedule", "resolve_lengths", "paper_cycle", "phantom_cycle", "PAPER_TASK_ORDER",
-           "expand_tasks"]
+           "expand_tasks", "finetune_schedule", "FINETUNE_MODES"]
 
 _TASKS = ("cls", "seg", "det")
 _PHASES = ("lock", "release")
@@ -106,3 +106,39 @@ def phantom_cycle(lock_fraction: float = 0.5) -> list[dict]:
 def paper_cycle() -> list[dict]:
     """The published cycle: 20 task-epochs, expanded into 29 lock / release steps."""
     return expand_tasks(PAPER_TASK_ORDER)
+
+
+FINETUNE_MODES = ("full", "frozen", "warmup")
+
+
+def finetune_schedule(dataset: str, task: str, mode: str = "warmup", iterations: int | None = None,
+                      epochs: float | None = None, lock_fraction: float = 0.2) -> list[dict]:
+    """The Lock-Release machinery with one data source: a fine-tuning run as one cycle.
+
+    ``mode``: ``"full"`` (one release step: everything trains), ``"frozen"`` (one lock step: only the new
+    head trains; backbone, shared decoder / neck stay as loaded) or ``"warmup"`` (lock for ``lock_fraction``
+    of the run so the new head catches up, then release). The total length is the same in every mode:
+    ``iterations`` (a fixed budget, e.g. for few-shot runs) or ``epochs`` (passes over the training data);
+    give exactly one. Run it with the trainer's ``max_epochs = 1`` (the cycle is the whole run).
+    """
+    if mode not in FINETUNE_MODES:
+        raise ConfigError(f"fine-tuning mode must be one of {FINETUNE_MODES}, got {mode!r}")
+    if (iterations is None) == (epochs is None):
+        raise ConfigError("finetune_schedule: give exactly one of iterations / epochs")
+    if mode == "warmup" and not 0 < lock_fraction < 1:
+        raise ConfigError(f"finetune_schedule: lock_fraction must be in (0, 1) for warmup, got {lock_fraction}")
+
+    def length(fraction: float) -> dict:
+        if iterations is not None:
+            return {"iterations": max(1, int(round(iterations * fraction)))}
+        return {"epoch_fraction": epochs * fraction}
+
+    if mode == "full":
+        return [{"dataset": dataset, "task": task, "phase": "release", **length(1.0)}]
+    if mode == "frozen":
+        return [{"dataset": dataset, "task": task, "phase": "lock", **length(1.0)}]
+    lock = length(lock_fraction)
+    release = ({"iterations": max(1, int(iterations) - lock["iterations"])} if iterations is not None
+               else length(1.0 - lock_fraction))
+    return [{"dataset": dataset, "task": task, "phase": "lock", **lock},
+            {"dataset": dataset, "task": task, "phase": "release", **release}]
