@@ -6,11 +6,12 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch.utils.data import DistributedSampler
+import torch.distributed as dist
 from monai.data import CacheDataset, DataLoader, Dataset
 
 from cxrfx.data.datalist import load_datalist, read_datalist
 from cxrfx.data.pipelines import task_transforms
+from cxrfx.data.sampling import ResumableSampler, SeededDataset, source_seed
 from cxrfx.errors import ConfigError
 
 __all__ = ["multitask_collate", "build_sources", "SkippingDataset"]
@@ -56,8 +57,10 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
     """``{"<task>/<dataset>": DataLoader}`` from ``{dataset: {"datalist": path, "tasks": [...], "batch_size"?}}``.
 
     Each data source gets the task's standard transforms (``cxrfx.data.pipelines``) and shuffles when
-    ``train``. A dataset listed with several tasks gives one source per task. ``distributed``: each process
-    reads its shard (``DistributedSampler``; all shards have the same length, so every rank walks the same cycle).
+    ``train``. A dataset listed with several tasks gives one source per task. Order and augmentation follow
+    ``(seed, epoch)`` only (:class:`~cxrfx.data.sampling.ResumableSampler`), so a resumed run reads what the
+    uninterrupted run would have read. ``distributed``: each process reads its shard (all shards have the
+    same length, so every rank walks the same cycle).
     ``skip_bad_samples``: an unreadable sample is logged, counted and left out of its batch instead of stopping
     the run (off by default: a bad file should be fixed, and ``validate`` finds them before training).
     """
@@ -75,16 +78,18 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
                 data = CacheDataset(items, transform, cache_rate=cache_rate, progress=False)
             else:
                 data = (SkippingDataset if skip_bad_samples else Dataset)(items, transform)
-            generator = torch.Generator().manual_seed(seed)
-            sampler = DistributedSampler(data, shuffle=train, seed=seed) if distributed else None
-            size_here = len(sampler) if sampler is not None else len(data)
+            replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+            sampler = ResumableSampler(len(data), shuffle=train, seed=source_seed(seed, f"{task}/{dataset}"),
+                                       num_replicas=replicas, rank=rank)
+            size_here = len(sampler)
             bs = int(spec.get("batch_size", batch_size))
             if train and size_here < 2:
                 raise ConfigError(f"{path}: {task} training needs at least 2 images per process ({size_here} here): "
                                   "BatchNorm cannot train on single-image batches")
             loaders[f"{task}/{dataset}"] = DataLoader(
-                data, batch_size=bs, shuffle=train and sampler is None, sampler=sampler,
+                SeededDataset(data), batch_size=bs, sampler=sampler,
                 # a last batch of one image would break BatchNorm in training; evaluation keeps every image
                 drop_last=train and size_here % bs == 1, num_workers=num_workers, collate_fn=multitask_collate,
-                generator=generator)
+                # worker seeds from a private generator: creating iterators leaves the global RNG alone
+                generator=torch.Generator().manual_seed(seed))
     return loaders

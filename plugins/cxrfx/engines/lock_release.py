@@ -6,8 +6,8 @@ from it) and sets ``requires_grad``: lock = only the step's head trains, release
 Frozen parameters get no gradient; with ``zero_grad(set_to_none=True)`` (the trainer's setting) PyTorch's
 optimizers then skip them entirely, so neither weight decay nor momentum moves them.
 
-The position in the cycle follows ``engine.state.iteration`` (restored on resume) and is part of the
-checkpoint through ``state_dict`` / ``load_state_dict``. Events ``STEP_STARTED`` / ``STEP_COMPLETED`` are
+The position in the cycle follows ``engine.state.iteration`` (restored on resume); ``state_dict`` /
+``load_state_dict`` check the cycle and carry each data source's position inside its own pass. Events ``STEP_STARTED`` / ``STEP_COMPLETED`` are
 fired for other handlers (the teacher updates after each step, as the paper does after each pass).
 """
 
@@ -45,12 +45,18 @@ class LockReleaseEvents(EventEnum):
 
 class InfiniteLoader:
     """Iterates a data loader forever (a new epoch, reshuffled, when one ends); its own iterator, so that
-    switching away and back continues where it stopped."""
+    switching away and back continues where it stopped.
+
+    Its position (passes completed, batches read in the current pass) is saved by ``state_dict``; restoring it
+    makes the next batch the one an uninterrupted run would have read, when the loader's sampler can start
+    inside a pass (:class:`~cxrfx.data.sampling.ResumableSampler`, which ``build_sources`` uses).
+    """
 
     def __init__(self, loader: Iterable):
         self.loader = loader
         self._it = None
         self.epochs = 0
+        self.batches = 0  # batches read in the current pass
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -58,18 +64,39 @@ class InfiniteLoader:
     def __iter__(self):
         return self
 
+    def _sampler(self):
+        return getattr(self.loader, "sampler", None)
+
     def __next__(self):
         if self._it is None:
             self._it = iter(self.loader)
         try:
-            return next(self._it)
+            batch = next(self._it)
         except StopIteration:
             self.epochs += 1
-            sampler = getattr(self.loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):  # DistributedSampler: reshuffle each pass
-                sampler.set_epoch(self.epochs)
+            self.batches = 0
+            if hasattr(self._sampler(), "set_epoch"):  # reshuffle each pass
+                self._sampler().set_epoch(self.epochs)
             self._it = iter(self.loader)
-            return next(self._it)
+            batch = next(self._it)
+        self.batches += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs, "batches": self.batches}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Continue at the saved pass and batch (the next iterator skips the batches already read)."""
+        self.epochs, self.batches = int(state["epochs"]), int(state["batches"])
+        self._it = None
+        sampler = self._sampler()
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epochs)
+        if hasattr(sampler, "set_start"):
+            sampler.set_start(min(self.batches * self.loader.batch_size, len(sampler)))
+        elif self.batches:
+            logging.getLogger("cxrfx.lock_release").warning(
+                f"{type(sampler).__name__} cannot start inside a pass: resuming at the start of pass {self.epochs}")
 
 
 def register_lock_release_events(engine: Engine) -> None:
@@ -179,7 +206,7 @@ class LockReleaseHandler:
 
     def state_dict(self) -> dict:
         return {"step_index": self.step_index, "schedule": [s.as_dict() for s in self.steps],
-                "lengths": list(self.lengths)}
+                "lengths": list(self.lengths), "loaders": {k: v.state_dict() for k, v in self.loaders.items()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Check the checkpoint was made with the same cycle (the position itself follows the iteration)."""
@@ -187,3 +214,6 @@ class LockReleaseHandler:
             raise ConfigError("the checkpoint was written with a different Lock-Release schedule or data sizes; "
                               "resuming would put the run at the wrong step")
         self.step_index = int(state.get("step_index", -1))
+        for key, loader_state in state.get("loaders", {}).items():  # older checkpoints: loaders start afresh
+            if key in self.loaders:
+                self.loaders[key].load_state_dict(loader_state)

@@ -96,8 +96,11 @@ class MultiTaskTrainer(SupervisedTrainer):
     def _iteration(self, engine, batchdata: Mapping) -> dict:
         step = engine.state.cxrfx_step
         self.skipped_samples += int(batchdata.get("skipped", 0)) if batchdata else 0
-        if not batchdata or "image" not in batchdata:  # every sample of the batch was unreadable (skip policy)
-            self.run_log.warning(f"iteration {engine.state.iteration} ({step.key}): empty batch skipped")
+        if not batchdata or "image" not in batchdata or (batchdata["skipped"] and len(batchdata["image"]) < 2):
+            # every sample unreadable (skip policy), or one left: BatchNorm cannot train on a single image
+            self.run_log.warning(f"iteration {engine.state.iteration} ({step.key}): batch left with "
+                                 f"{len(batchdata.get('image', ())) if batchdata else 0} image(s) after skipping "
+                                 "unreadable samples: skipped")
             engine.state.output = {"loss": torch.tensor(float("nan")), "step": step.key, "phase": step.phase}
             return engine.state.output
         images = batchdata["image"].to(engine.state.device, non_blocking=engine.non_blocking)
