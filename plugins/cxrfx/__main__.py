@@ -3,7 +3,8 @@
 Commands: ``phantom`` (build the embedded dataset), ``validate`` (check datalists and their files),
 ``prepare`` (public dataset -> datalist), ``leakage`` (train/test overlaps across datalists),
 ``demo`` (what ``make demo`` runs), ``predict`` (a bundle on a file / folder / DICOM series), ``calibrate``
-(a bundle's decision thresholds on its validation split). Errors that cxrfx raises on purpose print as one line, exit code 2.
+(a bundle's decision thresholds on its validation split), ``package`` (a bundle -> Model Zoo archive),
+``install`` (a zoo archive -> folder, safely unpacked). Errors that cxrfx raises on purpose print as one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class CLI:
 
         run_demo(out, count=count, size=size, seed=seed, train=train, epochs=epochs)
 
+
     def predict(self, bundle: str, input: str, output: str, config: str = "", gradcam: bool = False,
                 thresholds: str = "", device: str = "", progress: bool = True, **overrides):
         """Run a bundle on INPUT (image file, folder searched recursively, DICOM series folder) into OUTPUT.
@@ -153,6 +155,34 @@ class CLI:
                 print(f"{head:16s} {label:20s} threshold={r.threshold:.4f} {r.status:14s} "
                       f"pos={r.n_positive} neg={r.n_negative} {extra}".rstrip())
         print(f"thresholds written to {path}")
+
+    def package(self, bundle: str, out: str, weights: str = "", schema: str = "", overwrite: bool = False,
+                large_files_url: str = ""):
+        """Check BUNDLE and write OUT/<zoo_name>_v<version>.zip for the MONAI Model Zoo (docs/model_zoo.md).
+
+        Args:
+            weights: the trained model.pt; files over 25 MB go beside the archive and into large_files.yml.
+            schema: metadata schema file (default: the copy of meta_schema_20240725.json shipped in cxrfx).
+            overwrite: replace an existing archive of the same version (only for a build never released).
+            large_files_url: where the large files will be uploaded (their URLs in large_files.yml).
+        """
+        from cxrfx.packaging import package_bundle
+
+        result = package_bundle(bundle, out, weights=weights or None, schema=schema or None, overwrite=overwrite,
+                                large_files_url=large_files_url or None)
+        checks = ", ".join(f"{k} {v:.0f} s" for k, v in result.check_seconds.items())
+        print(f"{result.archive}: {result.size_bytes / 1e6:.2f} MB, {len(result.files)} files, "
+              f"{len(result.vendored_modules)} cxrfx modules vendored; checks passed ({checks})")
+        for entry in result.large_files:
+            print(f"large file {entry['path']}: upload {result.large_files_dir}/{result.name}_v{result.version}_"
+                  f"{entry['path'].rsplit('/', 1)[-1]} to {entry['url']}")
+
+    def install(self, archive: str, dest: str, overwrite: bool = False):
+        """Unpack a bundle ARCHIVE into DEST/<zoo_name> after checking every entry (no paths outside DEST,
+        no symlinks)."""
+        from cxrfx.packaging import install_bundle
+
+        print(install_bundle(archive, dest, overwrite=overwrite))
 
 
 def main(argv: list[str] | None = None) -> None:
