@@ -202,3 +202,24 @@ def test_bf16_autocast_step_runs(loaders):
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
     trainer.run()
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("task,dataset", [("seg", "phantom_seg"), ("det", "phantom_det")])
+def test_teacher_runs_only_when_its_term_has_a_gradient_and_without_heads(loaders, task, dataset):
+    """Lock steps: the shared part is frozen, the consistency term has no gradient: no teacher forward.
+    Release steps: one teacher pass through backbone and shared part, never through a head."""
+    net = _net()
+    teacher = TeacherHandler(net, momentum=0.5)
+    calls = {"backbone": 0, "heads": 0}
+    teacher.teacher.backbone.register_forward_hook(lambda *a: calls.__setitem__("backbone", calls["backbone"] + 1))
+    for head in teacher.teacher.heads(task).values():
+        head.register_forward_hook(lambda *a: calls.__setitem__("heads", calls["heads"] + 1))
+    schedule = [{"dataset": dataset, "task": task, "phase": "lock", "iterations": 2},
+                {"dataset": dataset, "task": task, "phase": "release", "iterations": 3}]
+    consistency = []
+    trainer = _trainer(net, loaders, schedule, teacher=teacher)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda e: consistency.append(float(e.state.output["consistency"])))
+    trainer.run()
+    assert calls == {"backbone": 3, "heads": 0}
+    assert consistency[:2] == [0.0, 0.0] and all(c > 0 for c in consistency[2:])

@@ -5,7 +5,8 @@ the backbone once, that task's shared part and head, the task loss, and, with a 
 term on the same image: ``loss = (1 - w) * task + w * consistency`` (paper: w = 0.5). Consistency
 features: the pooled embedding (cls), the fused UperNet map (seg), the neck levels (det); the student side
 keeps its gradient unless ``det_consistency_gradient=False`` (the reference code's behaviour for
-localization). AMP: bf16 autocast on CPU and CUDA (``amp=True``); gradients clipped by norm.
+localization). The teacher computes only the shared feature, and nothing in lock steps, where the frozen shared
+part gives the term no gradient. AMP: bf16 autocast on CPU and CUDA (``amp=True``); gradients clipped by norm.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class MultiTaskTrainer(SupervisedTrainer):
             teacher.attach(self)
             teacher = teacher.teacher
         self.teacher = teacher
+        self._teacher_model = teacher.module if hasattr(teacher, "module") else teacher
         self.consistency_weight = float(consistency_weight)
         self.det_consistency_gradient = det_consistency_gradient
         self.clip_grad_norm = clip_grad_norm
@@ -114,16 +116,20 @@ class MultiTaskTrainer(SupervisedTrainer):
             out, shared = engine.network(images, task=step.task, head=step.dataset, return_features=True)
             task_loss = self._task_loss(step.task, step.dataset, out, images, batchdata)
             consistency = torch.zeros((), device=images.device)
-            if self.teacher is not None and self.consistency_weight > 0:
+            if self.teacher is None or self.consistency_weight <= 0:
+                loss = task_loss
+            elif not any(t.requires_grad for t in (shared if isinstance(shared, (list, tuple)) else [shared])):
+                # lock steps: everything under the head is frozen, so the consistency term has no gradient and
+                # cannot change the update; the teacher's forward is skipped (same update, less work)
+                loss = (1 - self.consistency_weight) * task_loss
+            else:
                 with torch.no_grad():
-                    _, target = self.teacher(images, task=step.task, head=step.dataset, return_features=True)
+                    target = self._teacher_model.shared_features(images, step.task)
                 student = shared
                 if step.task == "det" and not self.det_consistency_gradient:
                     student = [s.detach() for s in shared]
                 consistency = consistency_loss(student, target)
                 loss = (1 - self.consistency_weight) * task_loss + self.consistency_weight * consistency
-            else:
-                loss = task_loss
         if not torch.isfinite(loss.detach()):
             self.skipped_steps += 1
             self.run_log.error(f"non-finite loss ({float(loss.detach())}) at iteration {engine.state.iteration}, dataset "

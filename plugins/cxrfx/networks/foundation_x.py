@@ -104,6 +104,14 @@ class FoundationX(nn.Module):
             raise ValueError("this model has no detection heads")
         return self.det_neck(feats[1:])
 
+    def shared_features(self, x: torch.Tensor, task: str):
+        """The task's shared feature alone (pooled vector, fused map or neck levels), without any head: what
+        the teacher contributes to the consistency loss (a RetinaNet head costs a third of the backbone)."""
+        feats = self.forward_features(x)
+        if task == "cls":
+            return self.pooled_feature(feats)
+        return self.seg_features(feats) if task == "seg" else self.det_features(feats)
+
     def forward(self, x: torch.Tensor, task: str | None = None, head: str | None = None,
                 return_features: bool = False):
         """One task of one dataset: cls -> (B, C) logits; seg -> (B, C, H, W) logits; det -> head maps.
