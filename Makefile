@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cxrfx-installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean label-env label
 
 install: $(STAMP)
 
@@ -26,3 +26,13 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# MONAI Label: its own venv (never the main .venv), built from the lock file constraints-label.txt and cached in
+# ~/.cache/cxrfx/label-venv/<hash>; `make label` serves the bundles on 127.0.0.1 with the phantom studies, offline.
+LABEL_PORT ?= 8000
+LABEL_ARGS ?=
+label-env:
+	$(PYTHON) plugins/cxrfx/label/env.py
+
+label: label-env
+	PYTHONPATH=$(CURDIR)/plugins $$($(PYTHON) plugins/cxrfx/label/env.py) -m cxrfx.label serve --port $(LABEL_PORT) $(LABEL_ARGS)

@@ -67,6 +67,12 @@ class RadiographDICOMwebDatastore(DICOMWebDatastore):
                     series.append(uid)
         return series
 
+    def status(self) -> dict:
+        """What ``/info`` reports: the server's CR/DX series, not only those downloaded so far."""
+        out = LocalDatastore.status(self)
+        out.update(total=len(self.list_images()), completed=len(self.get_labeled_images()))
+        return out
+
     def get_image_uri(self, image_id: str) -> str:
         image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
         if not os.path.isdir(image_dir) or not os.listdir(image_dir):

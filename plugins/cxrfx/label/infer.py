@@ -10,7 +10,7 @@ Results (coordinates of the original image; x = column):
 
 - segmentation: an 8-bit index-map PNG of the image's size (value k = ``labels[k-1]``, 0 = background; where
   classes overlap the later class in the list is drawn on top), and JSON ``{"labels": {name: k}, "pixels":
-  {name: count}, "image_size": [H, W]}``; for DICOM inputs and the request parameter ``dicom_seg: "true"`` also
+  {name: count}, "mean_probability": {name: p}, "image_size": [H, W]}``; for DICOM inputs and the request parameter ``dicom_seg: "true"`` also
   a BINARY DICOM SEG (highdicom) on the server, its path as ``"dicom_seg"`` in the JSON. (With the DICOMweb
   datastore every saved segmentation label goes to the PACS as DICOM SEG: :mod:`cxrfx.label.dicomweb`.)
 - detection: JSON only, ``{"format": "cxrfx-boxes-v1", "image_size": [H, W], "boxes": [{"box_xyxy": [x1, y1,
@@ -53,6 +53,10 @@ class CXRInferTask(InferTask):
 
     def is_valid(self) -> bool:
         return os.path.isdir(self.served.bundle)
+
+    def get_path(self, validate=True):
+        """The served weights: ``GET /model/<name>`` downloads them, ``/info`` checksums them."""
+        return self.served.weights if not validate or os.path.exists(self.served.weights) else None
 
     def info(self) -> dict:
         out = super().info()
@@ -98,7 +102,8 @@ class SegmentationTask(CXRInferTask):
         out = tempfile.NamedTemporaryFile(suffix=".png", prefix="cxrfx_seg_", delete=False).name
         Image.fromarray(index).save(out)
         result = {"labels": {c: i + 1 for i, c in enumerate(self.classes)},
-                  "pixels": {c: int(m.sum()) for c, m in zip(self.classes, masks)}}
+                  "pixels": {c: int(m.sum()) for c, m in zip(self.classes, masks)},
+                  "mean_probability": {c: round(float(p.mean()), 6) for c, p in zip(self.classes, probs)}}
         if detect_format(path) == "dicom" and str(request.get("dicom_seg", "false")).lower() == "true":
             from cxrfx.outputs.dicom_seg import write_dicom_seg
 

@@ -132,7 +132,7 @@ class BundleFineTuneTask(TrainTask):
         overrides = {
             "bundle_root": self.served.bundle, "source_datalist": datalist, "ckpt_dir": os.path.join(run_dir, "models"),
             "output_dir": os.path.join(run_dir, "eval"), "iterations": iterations, "batch_size": batch,
-            "val_interval": iterations + 1, "checkpoint_interval": iterations, "val_at_start": False,
+            "val_interval": iterations + 1, "lr_warmup_iterations": iterations // 20, "checkpoint_interval": iterations, "val_at_start": False,
             "num_workers": 0, "progress_bar": False, "few_shot": None, "mode": request.get("mode", "full"),
             "finetune": True, "finetune_model_path": self.served.weights, "finetune_source": "cxrfx",
             "use_teacher": use_teacher, "device": f"$torch.device('{request.get('device', self.served.device)}')",
