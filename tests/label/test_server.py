@@ -179,8 +179,7 @@ def test_train_from_saved_labels_changes_served_weights(server):
     before_weights = _weights(server, "cxr_segmentation")
     before = read_json(infer(server, "cxr_segmentation", "phantom_seg_0002", "json")[1])["mean_probability"]
     start = time.perf_counter()
-    status, body = http("POST", f"{server.url}/train/cxr_segmentation", json.dumps({"max_epochs": 2}).encode(),
-                        {"Content-Type": "application/json"})
+    status, body = _post_json(server, "/train/cxr_segmentation", {"max_epochs": 2})
     assert status == 200, body[:300]
     task = _wait_training(server)
     print(f"seg fine-tuning (2 labels, 2 epochs, child process): {time.perf_counter() - start:.1f} s")
@@ -192,29 +191,33 @@ def test_train_from_saved_labels_changes_served_weights(server):
     assert stats["images"] == 2 and stats["weights_before"] != stats["weights_after"] and stats["teacher"]
 
 
-def test_train_detection_from_box_labels(server):
-    for image_id in DET_LABELLED:
-        _put_label(server, image_id, image_id + ".json", _det_label(server.studies, image_id), "application/json")
+def _post_json(server, path: str, payload: dict):
+    return http("POST", server.url + path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
+
+def test_train_refuses_too_few_labels(server):
+    image_id = DET_LABELLED[0]
+    _put_label(server, image_id, image_id + ".json", _det_label(server.studies, image_id), "application/json")
     before = _weights(server, "cxr_detection")
-    status, body = http("POST", f"{server.url}/train/cxr_detection?run_sync=true",
-                        json.dumps({"max_epochs": 1}).encode(), {"Content-Type": "application/json"})
+    status, _ = _post_json(server, "/train/cxr_detection?run_sync=true", {"max_epochs": 1})
+    assert status == 500  # ConfigError: one label, fine-tuning needs two (the server log names the datastore)
+    assert _weights(server, "cxr_detection") == before
+
+
+def test_train_detection_from_box_labels(server):
+    image_id = DET_LABELLED[1]
+    _put_label(server, image_id, image_id + ".json", _det_label(server.studies, image_id), "application/json")
+    before = _weights(server, "cxr_detection")
+    status, body = _post_json(server, "/train/cxr_detection?run_sync=true", {"max_epochs": 1})
     assert status == 200, body[:500]
     assert read_json(body)["images"] == 2
     assert _weights(server, "cxr_detection") != before
 
 
-def test_train_refuses_without_enough_labels(server):
-    status, body = http("POST", f"{server.url}/train/cxr_detection?run_sync=true",
-                        json.dumps({"max_epochs": 1}).encode(), {"Content-Type": "application/json"})
-    assert status == 200  # the two detection labels above are there: refused only below two
-    assert read_json(body)["images"] == 2
-
-
 @pytest.mark.parametrize("strategy", ["random", "epistemic", "disagreement"])
 def test_activelearning_returns_unlabelled_image(server, strategy):
     start = time.perf_counter()
-    status, body = http("POST", f"{server.url}/activelearning/{strategy}", json.dumps({"max_samples": 6}).encode(),
-                        {"Content-Type": "application/json"})
+    status, body = _post_json(server, f"/activelearning/{strategy}", {"max_samples": 6})
     assert status == 200, body[:500]
     result = read_json(body)
     print(f"activelearning/{strategy}: {result['id']} in {time.perf_counter() - start:.2f} s")
