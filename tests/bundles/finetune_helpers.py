@@ -37,7 +37,7 @@ def run_bundle(bundle: Path, names: list[str], bundle_root: Path, **overrides) -
             "--meta_file", str(bundle / "configs" / "metadata.json"),
             "--logging_file", str(bundle / "configs" / "logging.conf"), "--bundle_root", str(bundle_root)]
     for key, value in {**TINY, **overrides}.items():
-        args += [f"--{key}", json.dumps(value)]
+        args += [f"--{key}", repr(value)]  # python-fire reads Python literals: 'text', False, 2, [...]
     return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=str(bundle), env=ENV)
 
 
