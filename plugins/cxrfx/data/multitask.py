@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.distributed as dist
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data.utils import json_hashing
 
 from cxrfx.data.datalist import load_datalist, read_datalist
 from cxrfx.data.pipelines import task_transforms
 from cxrfx.data.sampling import ResumableSampler, SeededDataset, source_seed
 from cxrfx.errors import ConfigError
 
-__all__ = ["multitask_collate", "build_sources", "SkippingDataset"]
+__all__ = ["multitask_collate", "build_sources", "SkippingDataset", "SkippingPersistentDataset"]
 
 _STACK = ("image", "label", "mask")
 
 
-class SkippingDataset(Dataset):
-    """A MONAI Dataset whose unreadable samples become ``None`` (logged with the file and the reason) instead of
-    an exception; :func:`multitask_collate` drops them and counts them in the batch's ``"skipped"``."""
+class _SkipUnreadable:
+    """Mixin for MONAI datasets: an unreadable sample becomes ``None`` (logged with the file and the reason)."""
 
     def _transform(self, index: int):
         try:
@@ -32,6 +33,15 @@ class SkippingDataset(Dataset):
                 cause = cause.__cause__
             logging.getLogger("cxrfx.data").warning(f"skipped sample {self.data[index].get('image')}: {cause}")
             return None
+
+
+class SkippingDataset(_SkipUnreadable, Dataset):
+    """A MONAI Dataset whose unreadable samples become ``None`` (logged with the file and the reason) instead of
+    an exception; :func:`multitask_collate` drops them and counts them in the batch's ``"skipped"``."""
+
+
+class SkippingPersistentDataset(_SkipUnreadable, PersistentDataset):
+    """:class:`SkippingDataset` with MONAI's on-disk cache of the deterministic transforms."""
 
 
 def multitask_collate(batch: Sequence[Mapping | None]) -> dict:
@@ -53,7 +63,8 @@ def multitask_collate(batch: Sequence[Mapping | None]) -> dict:
 
 def build_sources(sources: Mapping[str, Mapping], split: str = "training", size: int = 224, batch_size: int = 4,
                   num_workers: int = 0, train: bool = True, seed: int = 0, cache_rate: float = 0.0,
-                  distributed: bool = False, skip_bad_samples: bool = False) -> dict[str, DataLoader]:
+                  distributed: bool = False, skip_bad_samples: bool = False, cache_dir: str | None = None
+                  ) -> dict[str, DataLoader]:
     """``{"<task>/<dataset>": DataLoader}`` from ``{dataset: {"datalist": path, "tasks": [...], "batch_size"?}}``.
 
     Each data source gets the task's standard transforms (``cxrfx.data.pipelines``) and shuffles when
@@ -63,6 +74,10 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
     same length, so every rank walks the same cycle).
     ``skip_bad_samples``: an unreadable sample is logged, counted and left out of its batch instead of stopping
     the run (off by default: a bad file should be fixed, and ``validate`` finds them before training).
+    ``cache_dir``: keep each sample's decoded, normalised, resized image (everything before the first random
+    transform) on disk (MONAI ``PersistentDataset``; keyed by the item and the transform chain), so later passes
+    skip decoding multi-megapixel DICOM / PNG. Delete the folder when image files change in place.
+    ``cache_rate``: the same in memory (``CacheDataset``), filled when the loaders are built.
     """
     loaders = {}
     for dataset, spec in sources.items():
@@ -74,7 +89,11 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
         for task in spec.get("tasks", ("cls",)):
             classes = meta["tasks"].get("segmentation", {}).get("classes") if task == "seg" else None
             transform = task_transforms(task, size, classes, train=train)
-            if cache_rate:
+            if cache_dir:
+                data = (SkippingPersistentDataset if skip_bad_samples else PersistentDataset)(
+                    items, transform, cache_dir=os.path.join(cache_dir, f"{task}_{dataset}_{size}"),
+                    hash_transform=json_hashing)
+            elif cache_rate:
                 data = CacheDataset(items, transform, cache_rate=cache_rate, progress=False)
             else:
                 data = (SkippingDataset if skip_bad_samples else Dataset)(items, transform)
