@@ -31,7 +31,7 @@ def trained(tmp_path_factory, phantom):
     start = root / "ckpt_E844_TH3.pth"
     foundation_x_checkpoint(tiny_network(BUNDLE, root), start)
     proc = run_bundle(BUNDLE, ["train.json", "demo.json"], root, dataset_dir=str(phantom), mode="full",
-                      finetune_model_path=str(start), finetune_source="foundation_x")
+                      finetune=True, finetune_model_path=str(start), finetune_source="foundation_x")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc.stdout + proc.stderr
 

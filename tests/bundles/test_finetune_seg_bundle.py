@@ -28,7 +28,7 @@ def trained(tmp_path_factory, phantom):
     root = tmp_path_factory.mktemp("ftseg")
     start = root / "fx_last.pt"
     cxrfx_checkpoint(tiny_network(BUNDLE, root), start)
-    proc = run_bundle(BUNDLE, ["train.json", "demo.json"], root, dataset_dir=str(phantom),
+    proc = run_bundle(BUNDLE, ["train.json", "demo.json"], root, dataset_dir=str(phantom), finetune=True,
                       finetune_model_path=str(start), finetune_key="teacher")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root, proc.stdout + proc.stderr
@@ -85,7 +85,7 @@ def test_start_points_load_with_a_report(tmp_path, phantom, capsys, start):
 
 
 def test_missing_start_checkpoint_is_named(tmp_path, phantom):
-    wf = workflow(BUNDLE, ["train.json", "demo.json"], "train", tmp_path, dataset_dir=str(phantom),
+    wf = workflow(BUNDLE, ["train.json", "demo.json"], "train", tmp_path, dataset_dir=str(phantom), finetune=True,
                   finetune_model_path=str(tmp_path / "nope.pt"))
     with pytest.raises(Exception) as info:
         wf.initialize()

@@ -105,14 +105,22 @@ def _size(path: str) -> tuple[int, int]:
 
 
 def _stream_csv(path: str, required: list[str]):
-    """(line, {column: value}) rows of a (large) CSV, one at a time, with the field size limit raised."""
+    """(line, {column: value}) rows of a (large) CSV, one at a time, with the field size limit raised while
+    this file is read (the limit is process-wide: other CSV readers keep the default)."""
     limit = sys.maxsize
     while True:  # the largest value the platform's C long accepts
         try:
-            csv.field_size_limit(limit)
+            previous = csv.field_size_limit(limit)
             break
         except OverflowError:
             limit //= 2
+    try:
+        yield from _read_rows(path, required)
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _read_rows(path: str, required: list[str]):
     try:
         f = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
