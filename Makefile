@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cxrfx-installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean label-env label
+.PHONY: demo test install clean label-env label bench
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: $(STAMP)
 # pytest exits 5 when it collected no test: make treats any non-zero exit as failure.
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# Benchmarks (ratios measured in one run) -> docs/benchmarks.md; BENCH_ARGS=--quick for a smoke run.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
