@@ -149,3 +149,21 @@ def test_resume_auto_picks_the_newest_complete_checkpoint(tmp_path):
     assert resume("auto", {"trainer": Obj()}, search_dir=tmp_path) and Obj.value == 2
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         resume(str(tmp_path), {"trainer": Obj(), "teacher": Obj()})
+
+
+def test_trainer_counters_are_part_of_its_checkpoint(sources):
+    from cxrfx.engines import LockReleaseHandler, MultiTaskTrainer, build_optimizer
+    from cxrfx.networks import FoundationX
+
+    net = FoundationX("tiny", backbone_kwargs={"embed_dim": 24, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 3, 6),
+                                               "window_size": 4}, cls_heads={"phantom_cls": 5})
+    loaders = build_sources({"phantom_cls": {**sources["phantom_cls"], "tasks": ["cls"]}}, size=64, batch_size=2)
+    trainer = MultiTaskTrainer("cpu", 1, net, build_optimizer(net), LockReleaseHandler(
+        [{"dataset": "phantom_cls", "task": "cls", "iterations": 1}], loaders, net))
+    trainer.state.skipped_samples, trainer.state.skipped_steps = 3, 1
+    state = trainer.state_dict()
+    assert state["skipped_samples"] == 3 and state["skipped_steps"] == 1
+    other = MultiTaskTrainer("cpu", 1, net, build_optimizer(net), LockReleaseHandler(
+        [{"dataset": "phantom_cls", "task": "cls", "iterations": 1}], loaders, net))
+    other.load_state_dict(state)
+    assert (other.skipped_samples, other.skipped_steps) == (3, 1)

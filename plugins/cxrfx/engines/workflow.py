@@ -77,13 +77,28 @@ class MultiTaskTrainer(SupervisedTrainer):
         if nonfinite not in ("skip", "stop"):
             raise ConfigError(f"nonfinite must be 'skip' or 'stop', got {nonfinite!r}")
         self.nonfinite = nonfinite
-        self.skipped_steps = 0
-        self.skipped_samples = 0
+        # counters live in the engine state and its state_dict, so a resumed run keeps counting
+        self.state.skipped_steps = self.state.skipped_samples = 0
+        self.state_dict_user_keys.extend(["skipped_steps", "skipped_samples"])
         self.run_log = logging.getLogger("cxrfx.trainer")  # not self.logger: that is ignite's engine logger
         self.seg_loss = seg_loss or DiceBCELoss()
         model = network.module if hasattr(network, "module") else network
         self.model = model
         self.detectors = {name: build_detector(model, name) for name in model.det_heads}
+
+    @property
+    def skipped_steps(self) -> int:
+        """Updates skipped for a non-finite loss, over the whole run (resumes included)."""
+        return self.state.skipped_steps
+
+    @property
+    def skipped_samples(self) -> int:
+        """Unreadable samples left out under the ``skip_bad_samples`` policy, over the whole run."""
+        return self.state.skipped_samples
+
+    def load_state_dict(self, state_dict) -> None:
+        """ignite's, accepting checkpoints written before the counters were saved (they then start at 0)."""
+        super().load_state_dict({"skipped_steps": 0, "skipped_samples": 0, **state_dict})
 
     def _task_loss(self, task: str, head: str, out, images: torch.Tensor, batch: Mapping) -> torch.Tensor:
         if task == "cls":
@@ -97,7 +112,7 @@ class MultiTaskTrainer(SupervisedTrainer):
 
     def _iteration(self, engine, batchdata: Mapping) -> dict:
         step = engine.state.cxrfx_step
-        self.skipped_samples += int(batchdata.get("skipped", 0)) if batchdata else 0
+        engine.state.skipped_samples += int(batchdata.get("skipped", 0)) if batchdata else 0
         if not batchdata or "image" not in batchdata or (batchdata["skipped"] and len(batchdata["image"]) < 2):
             # every sample unreadable (skip policy), or one left: BatchNorm cannot train on a single image
             self.run_log.warning(f"iteration {engine.state.iteration} ({step.key}): batch left with "
@@ -131,7 +146,7 @@ class MultiTaskTrainer(SupervisedTrainer):
                 consistency = consistency_loss(student, target)
                 loss = (1 - self.consistency_weight) * task_loss + self.consistency_weight * consistency
         if not torch.isfinite(loss.detach()):
-            self.skipped_steps += 1
+            engine.state.skipped_steps += 1
             self.run_log.error(f"non-finite loss ({float(loss.detach())}) at iteration {engine.state.iteration}, dataset "
                               f"{step.dataset}, task {step.task} ({step.phase}): update skipped"
                               + ("; stopping the run" if self.nonfinite == "stop" else ""))
