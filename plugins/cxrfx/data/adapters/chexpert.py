@@ -51,13 +51,6 @@ _PATIENT = re.compile(r"(patient\d+)")
 _STUDY = re.compile(r"(study\d+)")
 
 
-def _choice(options: dict, key: str, table: dict, default: str) -> int:
-    value = str(options.get(key, default)).strip().lower()
-    if value not in table:
-        raise ConfigError(f"{NAME}: option {key} must be one of {list(table)}, got {options.get(key)!r}")
-    return table[value]
-
-
 def _csv_folder(root: str) -> str:
     """The folder holding train.csv / valid.csv: ``root`` itself or its CheXpert-v1.0(-small) subfolder."""
     if os.path.isfile(os.path.join(root, "train.csv")) or os.path.isfile(os.path.join(root, "valid.csv")):
@@ -114,8 +107,8 @@ class CheXpertAdapter(DatasetAdapter):
     def build(self, root: str, out_dir: str, split: str = "official", seed: int = 0,
               views: list[str] | None = None, **options: Any) -> dict:
         common.check_options(NAME, options, OPTIONS)
-        uncertain = _choice(options, "uncertain", UNCERTAIN, "ignore")
-        blank = _choice(options, "blank", BLANK, "zeros")
+        uncertain = UNCERTAIN[common.choice_option(NAME, options, "uncertain", UNCERTAIN, "ignore")]
+        blank = BLANK[common.choice_option(NAME, options, "blank", BLANK, "zeros")]
         try:
             val_fraction = float(options.get("val_fraction", 0.1))
         except (TypeError, ValueError):

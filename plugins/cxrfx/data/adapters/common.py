@@ -127,6 +127,17 @@ def check_options(dataset: str, options: Mapping[str, Any], known: Sequence[str]
         raise ConfigError(f"{dataset}: unknown option(s) {unknown}; known: {', '.join(known) if known else 'none'}")
 
 
+def choice_option(dataset: str, options: Mapping[str, Any], key: str, choices: Iterable[str], default: str) -> str:
+    """The option ``key`` (case-insensitive, ``default`` when absent), refused unless it is one of ``choices``."""
+    from cxrfx.errors import ConfigError
+
+    choices = list(choices)
+    value = str(options.get(key, default)).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{dataset}: option {key} must be one of {choices}, got {options.get(key)!r}")
+    return value
+
+
 def refuse_views(dataset: str, views: Sequence[str] | None) -> None:
     """Datasets without view metadata refuse a ``views`` filter rather than silently ignoring it."""
     from cxrfx.errors import ConfigError

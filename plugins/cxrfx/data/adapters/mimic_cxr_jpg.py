@@ -29,12 +29,11 @@ from __future__ import annotations
 import glob
 import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from cxrfx.data.adapters import common, register
 from cxrfx.data.adapters.base import AdapterInfo, DatasetAdapter
-from cxrfx.errors import ConfigError, DatasetLayoutError
+from cxrfx.errors import DatasetLayoutError
 
 __all__ = ["MIMICCXRJPGAdapter", "LABELS"]
 
@@ -49,13 +48,6 @@ OPTIONS = ("uncertain", "blank", "labeler")
 UNCERTAIN = {"ignore": -1, "ones": 1, "zeros": 0}
 BLANK = {"zeros": 0, "ignore": -1}
 LABELERS = ("chexpert", "negbio")
-
-
-def _choice(options: dict, key: str, choices: Sequence[str], default: str) -> str:
-    value = str(options.get(key, default)).strip().lower()
-    if value not in choices:
-        raise ConfigError(f"{NAME}: option {key} must be one of {list(choices)}, got {options.get(key)!r}")
-    return value
 
 
 def _find(root: str, kind: str) -> str:
@@ -116,9 +108,9 @@ class MIMICCXRJPGAdapter(DatasetAdapter):
     def build(self, root: str, out_dir: str, split: str = "official", seed: int = 0,
               views: list[str] | None = None, **options: Any) -> dict:
         common.check_options(NAME, options, OPTIONS)
-        policy = _choice(options, "uncertain", list(UNCERTAIN), "ignore")
-        blank_policy = _choice(options, "blank", list(BLANK), "zeros")
-        labeler = _choice(options, "labeler", LABELERS, "chexpert")
+        policy = common.choice_option(NAME, options, "uncertain", UNCERTAIN, "ignore")
+        blank_policy = common.choice_option(NAME, options, "blank", BLANK, "zeros")
+        labeler = common.choice_option(NAME, options, "labeler", LABELERS, "chexpert")
         uncertain, blank = UNCERTAIN[policy], BLANK[blank_policy]
 
         label_path = _find(root, labeler)

@@ -167,12 +167,8 @@ class VinDrCXRAdapter(DatasetAdapter):
         if views:
             raise ConfigError(f"{NAME}: the annotation CSVs carry no view position (the release is PA only); "
                               "leave views unset")
-        method = str(options.get("fusion", "wbf")).strip().lower()
-        if method not in FUSIONS:
-            raise ConfigError(f"{NAME}: option fusion must be one of {list(FUSIONS)}, got {options.get('fusion')!r}")
-        layout_choice = str(options.get("layout", "auto")).strip().lower()
-        if layout_choice not in LAYOUTS:
-            raise ConfigError(f"{NAME}: option layout must be one of {list(LAYOUTS)}, got {options.get('layout')!r}")
+        method = common.choice_option(NAME, options, "fusion", FUSIONS, "wbf")
+        layout_choice = common.choice_option(NAME, options, "layout", LAYOUTS, "auto")
         try:
             iou = float(options.get("fusion_iou", 0.4))
             val_fraction = float(options.get("val_fraction", 0.1))
