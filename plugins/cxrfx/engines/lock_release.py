@@ -101,7 +101,7 @@ class InfiniteLoader:
 
 def register_lock_release_events(engine: Engine) -> None:
     """Register :class:`LockReleaseEvents` on ``engine`` unless already there (handlers may attach in any order)."""
-    if LockReleaseEvents.STEP_STARTED not in engine._allowed_events:
+    if not engine.has_registered_events(LockReleaseEvents.STEP_STARTED):
         engine.register_events(*LockReleaseEvents)
 
 

@@ -1,16 +1,19 @@
-"""``TeacherHandler``: the EMA teacher of Foundation X / Ark, on top of ignite's ``EMAHandler``.
+"""``TeacherHandler``: the EMA teacher of Foundation X / Ark.
 
 teacher <- m * teacher + (1 - m) * student, where ``m`` is the teacher momentum (paper: 0.8 after each
-Lock-Release step; Ark: cosine from 0.9 to 1.0). Ignite's EMAHandler calls ``1 - m`` its momentum; this
-handler converts. The update runs as fused ``torch._foreach`` ops over all tensors (no per-parameter Python
-loop). Buffers (BatchNorm statistics) are copied from the student (``buffers="copy"``) or averaged too
-(``"update"``); the reference code did neither (REFERENCE §1.10 item 3).
+Lock-Release step; Ark: cosine from 0.9 to 1.0; ``m = 1`` keeps the teacher fixed, ``m = 0`` copies the
+student). Not ignite's ``EMAHandler``: it updates on engine events only (our steps are Lock-Release events),
+has no cosine schedule, and refuses ``m`` of 0 or 1 (its momentum is ``1 - m``, in the open interval (0, 1)).
+The update runs as fused ``torch._foreach`` ops over all tensors (no per-parameter Python loop). Buffers
+(BatchNorm statistics) are copied from the student (``buffers="copy"``) or averaged too (``"update"``); the
+reference code did neither (REFERENCE §1.10 item 3).
 
 The teacher stays in eval mode, receives no gradient, and serves consistency targets and evaluation.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -22,7 +25,6 @@ from torch import nn
 from cxrfx.engines.lock_release import LockReleaseEvents, register_lock_release_events
 from cxrfx.errors import ConfigError
 
-EMAHandler, _ = optional_import("ignite.handlers", name="EMAHandler")
 Events, _ = optional_import("ignite.engine", name="Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -74,18 +76,15 @@ class TeacherHandler:
         if buffers not in ("copy", "update", "none"):
             raise ConfigError(f"buffers must be 'copy', 'update' or 'none', got {buffers!r}")
         student = network.module if hasattr(network, "module") else network
-        # ignite's EMAHandler owns the copy (deepcopy, detached, eval mode); we drive the update ourselves.
-        self._ema = EMAHandler(student, momentum=1.0 - momentum, handle_buffers="copy")
         self.student = student
+        # a detached copy in eval mode, as ignite's EMAHandler makes it: no gradient ever reaches the teacher
+        self.teacher = copy.deepcopy(student).eval()
+        self.teacher.requires_grad_(False)
         self.momentum, self.final_momentum = momentum, final_momentum
         self.update_on, self.every, self.buffers = update_on, every, buffers
         self.updates = 0
         self.total_updates = 1
         self.logger = logging.getLogger("cxrfx.teacher")
-
-    @property
-    def teacher(self) -> nn.Module:
-        return self._ema.ema_model
 
     def current_momentum(self) -> float:
         """``m`` for the next update (cosine schedule when ``final_momentum`` is set)."""
@@ -98,15 +97,18 @@ class TeacherHandler:
         event = {"step": LockReleaseEvents.STEP_COMPLETED, "iteration": Events.ITERATION_COMPLETED,
                  "epoch": Events.EPOCH_COMPLETED}[self.update_on]
         register_lock_release_events(engine)
-        engine.add_event_handler(Events.STARTED, self._count_updates)
         engine.add_event_handler(event(every=self.every) if self.every > 1 else event, self)
 
-    def _count_updates(self, engine: Engine) -> None:
+    def count_updates(self, engine: Engine) -> int:
+        """Updates over the whole run. Read at each update, not at ``STARTED``: the Lock-Release handler records
+        the steps per cycle in a ``STARTED`` handler of its own, which runs after ours when we attach first (as
+        ``train_handlers`` do); by the first update every ``STARTED`` handler has run, in either order."""
         per_epoch = {"step": getattr(engine.state, "cxrfx_schedule_steps", 1), "epoch": 1,
                      "iteration": engine.state.epoch_length}[self.update_on]
-        self.total_updates = max(1, per_epoch * engine.state.max_epochs // self.every)
+        return max(1, per_epoch * engine.state.max_epochs // self.every)
 
     def __call__(self, engine: Engine) -> None:
+        self.total_updates = self.count_updates(engine)
         m = self.current_momentum()
         self.teacher.eval()
         ema_update(self.teacher, self.student, m, self.buffers)
@@ -115,8 +117,13 @@ class TeacherHandler:
         self.logger.info(f"teacher update {self.updates} (iteration {engine.state.iteration}): momentum {m:.4f}")
 
     def state_dict(self) -> dict:
-        return {"updates": self.updates, "teacher": self.teacher.state_dict()}
+        """The schedule's position only: the teacher's weights are a checkpoint object of their own (``teacher``
+        in the bundles' ``checkpoint_objects``), so saving them here too would store them twice."""
+        return {"updates": self.updates}
 
     def load_state_dict(self, state) -> None:
+        """Also reads checkpoints written when this state held the teacher's weights (the same tensors as their
+        ``teacher`` entry)."""
         self.updates = int(state["updates"])
-        self.teacher.load_state_dict(state["teacher"])
+        if "teacher" in state:
+            self.teacher.load_state_dict(state["teacher"])
