@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -29,15 +30,34 @@ def test_cached_loader_gives_the_same_batches(sources, tmp_path, train):
     assert len(files) == len(plain.dataset)  # one cached item per training image
 
 
-def test_cache_with_the_skip_policy(sources, tmp_path):
+def _with_broken_image(sources) -> str:
+    """The phantom_cls datalist plus one training item whose PNG is broken; returns its path."""
     datalist = json.loads(Path(sources["phantom_cls"]["datalist"]).read_text())
     root = Path(sources["phantom_cls"]["datalist"]).parent
-    bad = root / "broken.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     datalist["training"].append({**datalist["training"][0], "id": "broken", "image": "broken.png"})
     path = root / "with_broken.json"
     path.write_text(json.dumps(datalist))
-    loader = build_sources({"x": {"datalist": str(path), "tasks": ["cls"]}}, size=64, batch_size=2, train=False,
-                           skip_bad_samples=True, cache_dir=str(tmp_path))["cls/x"]
+    return str(path)
+
+
+def test_cache_with_the_skip_policy(sources, tmp_path):
+    loader = build_sources({"x": {"datalist": _with_broken_image(sources), "tasks": ["cls"]}}, size=64, batch_size=2,
+                           train=False, skip_bad_samples=True, cache_dir=str(tmp_path))["cls/x"]
     assert sum(batch["skipped"] for batch in loader) == 1
     assert sum(batch["skipped"] for batch in loader) == 1  # not cached as a good sample
+
+
+def test_memory_cache_with_the_skip_policy(sources, caplog):
+    """cache_rate used to ignore skip_bad_samples: building the loaders raised on the broken file."""
+    spec = {"x": {"datalist": _with_broken_image(sources), "tasks": ["cls"]}}
+    with pytest.raises(Exception) as info:  # off by default: the run stops, its cause names the file
+        build_sources(spec, size=64, batch_size=2, train=False, cache_rate=1.0)
+    assert "broken.png" in str(info.value.__cause__)
+    with caplog.at_level(logging.WARNING, logger="cxrfx.data"):
+        loader = build_sources(spec, size=64, batch_size=2, train=False, cache_rate=1.0,
+                               skip_bad_samples=True)["cls/x"]
+        counts = [sum(batch["skipped"] for batch in loader) for _ in range(2)]
+        images = sum(len(batch["image"]) for batch in loader if "image" in batch)
+    assert counts == [1, 1] and images == len(loader.dataset) - 1
+    assert caplog.text.count("skipped sample") == 1 and "broken.png" in caplog.text  # logged once, when cached

@@ -16,22 +16,29 @@ from cxrfx.data.pipelines import task_transforms
 from cxrfx.data.sampling import ResumableSampler, SeededDataset, source_seed
 from cxrfx.errors import ConfigError
 
-__all__ = ["multitask_collate", "build_sources", "SkippingDataset", "SkippingPersistentDataset"]
+__all__ = ["multitask_collate", "build_sources", "SkippingDataset", "SkippingPersistentDataset",
+           "SkippingCacheDataset"]
 
 _STACK = ("image", "label", "mask")
+
+
+def _log_skipped(item: Mapping, exc: BaseException) -> None:
+    cause = exc
+    while cause.__cause__ is not None:  # MONAI wraps transform errors: report the original one
+        cause = cause.__cause__
+    logging.getLogger("cxrfx.data").warning(f"skipped sample {item.get('image')}: {cause}")
 
 
 class _SkipUnreadable:
     """Mixin for MONAI datasets: an unreadable sample becomes ``None`` (logged with the file and the reason)."""
 
-    def _transform(self, index: int):
+    def __getitem__(self, index):
+        if isinstance(index, (slice, Sequence)):  # MONAI returns a Subset, which comes back here per item
+            return super().__getitem__(index)
         try:
-            return super()._transform(index)
+            return super().__getitem__(index)
         except Exception as exc:  # any failure of one sample must not stop a multi-day run under this policy
-            cause = exc
-            while cause.__cause__ is not None:  # MONAI wraps transform errors: report the original one
-                cause = cause.__cause__
-            logging.getLogger("cxrfx.data").warning(f"skipped sample {self.data[index].get('image')}: {cause}")
+            _log_skipped(self.data[index], exc)
             return None
 
 
@@ -42,6 +49,29 @@ class SkippingDataset(_SkipUnreadable, Dataset):
 
 class SkippingPersistentDataset(_SkipUnreadable, PersistentDataset):
     """:class:`SkippingDataset` with MONAI's on-disk cache of the deterministic transforms."""
+
+
+class SkippingCacheDataset(_SkipUnreadable, CacheDataset):
+    """:class:`SkippingDataset` with MONAI's in-memory cache, which is filled when the dataset is built: an item
+    that fails there is logged once, remembered in ``unreadable`` and read as ``None`` afterwards (MONAI's
+    own CacheDataset would raise while building, and it has no public hook around filling its cache)."""
+
+    def __init__(self, *args, **kwargs):
+        self.unreadable: set[int] = set()
+        super().__init__(*args, **kwargs)
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as exc:
+            _log_skipped(self.data[idx], exc)
+            self.unreadable.add(idx)  # filled from a thread pool: set.add is atomic
+            return None
+
+    def __getitem__(self, index):
+        if not isinstance(index, (slice, Sequence)) and int(index) in self.unreadable:
+            return None
+        return super().__getitem__(index)
 
 
 def multitask_collate(batch: Sequence[Mapping | None]) -> dict:
@@ -94,7 +124,8 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
                     items, transform, cache_dir=os.path.join(cache_dir, f"{task}_{dataset}_{size}"),
                     hash_transform=json_hashing)
             elif cache_rate:
-                data = CacheDataset(items, transform, cache_rate=cache_rate, progress=False)
+                data = (SkippingCacheDataset if skip_bad_samples else CacheDataset)(
+                    items, transform, cache_rate=cache_rate, progress=False)
             else:
                 data = (SkippingDataset if skip_bad_samples else Dataset)(items, transform)
             replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
