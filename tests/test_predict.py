@@ -184,3 +184,14 @@ def test_errors_name_the_problem(bundle, tmp_path, inputs):
         predict(str(bare), str(inputs / "a.png"), str(tmp_path / "o"), **TINY)
     with pytest.raises(ConfigError, match="bundle config not found"):
         predict(str(bundle), str(inputs / "a.png"), str(tmp_path / "o"), **{**TINY, "configs": "nope.json"})
+
+
+def test_dangling_symlink_in_a_folder_is_named_not_skipped(bundle, inputs, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(inputs / "a.png", folder / "a.png")
+    (folder / "gone.png").symlink_to(tmp_path / "moved_away.png")  # its target was moved or deleted
+    summary = predict(str(bundle), str(folder), str(tmp_path / "o"), **TINY)
+    assert (summary.inputs, summary.written) == (2, 1)
+    assert summary.failures == [f"{folder / 'gone.png'}: broken symbolic link (its target "
+                                f"{tmp_path / 'moved_away.png'} does not exist)"]

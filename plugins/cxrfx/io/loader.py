@@ -88,6 +88,8 @@ def load_cxr(
     """
     path = os.fspath(path)
     if not os.path.exists(path):
+        if os.path.islink(path):
+            raise CXRReadError(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)")
         raise CXRReadError(path, "file not found")
     if os.path.isdir(path):
         raise CXRReadError(path, "is a directory, not an image file")
@@ -140,7 +142,8 @@ def list_images(path: str | os.PathLike) -> list[str]:
                 continue
             try:
                 fmt = detect_format(full)
-            except OSError:
+            except OSError:  # a dangling link, no permission: kept, so the reader names it like any bad input
+                found.append(full)
                 continue
             known = any(name.lower().endswith(ext) for ext in _EXTENSIONS)
             if known or fmt != "dicom" or _is_dicom(full):
