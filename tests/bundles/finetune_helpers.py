@@ -12,9 +12,11 @@ import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
 
 from cxrfx.data.phantom import generate_phantom
+from cxrfx.packaging.checks import DEFAULT_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = ROOT.parent / "shared" / "meta_schema_20240725.json"
+# the Model Zoo schema copy the package ships (packaging checks against it): no ../shared needed
+SCHEMA = Path(DEFAULT_SCHEMA)
 TINY = {"phantom_count": 12, "phantom_size": 64, "image_size": 64, "batch_size": 2, "iterations": 4,
         "val_interval": 4, "few_shot": 2, "progress_bar": False}
 # one thread: on a shared 2-core machine OpenMP spin-waiting makes 2-thread torch 10x slower under load

@@ -34,7 +34,6 @@ def trained(tmp_path_factory, phantom):
     return root, proc.stdout + proc.stderr
 
 
-@pytest.mark.skipif(not SCHEMA.exists(), reason="the shared Model Zoo schema is not beside the checkout")
 def test_metadata_is_valid_offline():
     verify_metadata(meta_file=str(BUNDLE / "configs" / "metadata.json"), filepath=str(SCHEMA))
 
