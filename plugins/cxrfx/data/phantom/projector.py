@@ -4,7 +4,7 @@ Steps: parallel line integrals of ``mu`` along anterior-posterior rays, tilted b
 rotation about the head-foot axis (obliquity, as a shear); the same rays OR the structure bits into
 masks. The (x, z) projection is then mapped onto the detector canvas: head up, the patient's right on
 the viewer's left, in-plane tilt, magnification and shift; images bilinear, masks nearest-neighbour,
-so masks stay pixel-exact (beyond the CT's extent the image repeats its edge). Exposure: transmitted intensity exp(-a L), detector blur, Poisson quanta,
+so masks stay pixel-exact (beyond the CT's extent the image repeats its edge). Exposure: transmitted intensity exp(-a b L) (b: beam quality), detector blur, Poisson quanta,
 log, then a mild unsharp mask as vendor processing does. No beam divergence or scatter (REFERENCE §10).
 """
 
@@ -35,12 +35,14 @@ class Geometry:
 
 @dataclass
 class Exposure:
-    """Per-image exposure: photons per pixel, detector blur (pixels), unsharp-mask amount, gamma."""
+    """Per-image exposure: photons per pixel, detector blur (pixels), unsharp-mask amount, gamma, and beam
+    quality as a factor on the attenuation per mm (< 1: harder beam, flatter image)."""
 
     photons: float = 20000.0
     blur_px: float = 0.5
     unsharp: float = 0.4
     gamma: float = 1.0
+    beam: float = 1.0
 
 
 def sample_geometry(rng: np.random.Generator) -> Geometry:
@@ -58,6 +60,7 @@ def sample_exposure(rng: np.random.Generator) -> Exposure:
         blur_px=float(rng.uniform(0.2, 1.0)),
         unsharp=float(rng.uniform(0.2, 0.7)),
         gamma=float(rng.uniform(0.85, 1.2)),
+        beam=float(rng.uniform(0.85, 1.15)),
     )
 
 
@@ -110,7 +113,7 @@ def to_canvas(line: np.ndarray, bits: np.ndarray, spacing_xz: tuple[float, float
 
 def expose(line: np.ndarray, exposure: Exposure, rng: np.random.Generator) -> np.ndarray:
     """Line integrals (mm water) -> display values in [0, 1] (bright = attenuating), with quantum noise."""
-    transmitted = np.exp(-_ATTENUATION_PER_MM * line.astype(np.float64))
+    transmitted = np.exp(-_ATTENUATION_PER_MM * exposure.beam * line.astype(np.float64))
     if exposure.blur_px > 0:
         transmitted = ndimage.gaussian_filter(transmitted, exposure.blur_px)
     counts = rng.poisson(exposure.photons * transmitted)

@@ -15,7 +15,8 @@ import numpy as np
 
 from cxrfx.data.phantom.source import ChestCT
 
-__all__ = ["PhantomVolume", "prepare_volume", "STRUCTURES", "STRUCTURE_BITS", "FIRST_FREE_BIT", "BONE_BOOST"]
+__all__ = ["PhantomVolume", "prepare_volume", "STRUCTURES", "STRUCTURE_BITS", "FIRST_FREE_BIT", "BONE_BOOST",
+           "HELPER_STRUCTURES", "HELPER_BITS"]
 
 BONE_BOOST = 1.6
 # Structure -> TotalSegmentator names it is made of.
@@ -28,7 +29,18 @@ STRUCTURES = {
     "ribs": tuple(f"rib_{side}_{i}" for side in ("left", "right") for i in range(1, 13)),
 }
 STRUCTURE_BITS = {name: i for i, name in enumerate(STRUCTURES)}
-FIRST_FREE_BIT = len(STRUCTURES)
+# Not segmentation classes: what an SCR-style lung field excludes (``annotation.py``). The mediastinum as
+# SCR defines it (great vessels, airway, oesophagus; the superior vena cava is not part of it, the hilar
+# vessels lie on the lung field); "below_diaphragm": the abdominal organs under the domes.
+HELPER_STRUCTURES = {
+    "mediastinum": ("aorta", "brachiocephalic_trunk", "common_carotid_artery_right", "common_carotid_artery_left",
+                    "brachiocephalic_vein_left", "brachiocephalic_vein_right", "trachea", "esophagus"),
+    "below_diaphragm": ("liver", "spleen", "stomach", "gallbladder", "pancreas", "kidney_right", "kidney_left",
+                        "adrenal_gland_right", "adrenal_gland_left", "duodenum", "colon", "small_bowel",
+                        "inferior_vena_cava", "portal_vein_and_splenic_vein"),
+}
+HELPER_BITS = {name: len(STRUCTURES) + i for i, name in enumerate(HELPER_STRUCTURES)}
+FIRST_FREE_BIT = len(STRUCTURES) + len(HELPER_STRUCTURES)
 _DECONTRAST = ("heart", "aorta", "pulmonary_vein", "brachiocephalic_trunk", "subclavian_artery_right",
                "subclavian_artery_left", "common_carotid_artery_right", "common_carotid_artery_left",
                "brachiocephalic_vein_left", "brachiocephalic_vein_right", "atrial_appendage_left",
@@ -47,8 +59,9 @@ class PhantomVolume:
     spacing: tuple[float, float, float]
 
     def structure(self, name: str) -> np.ndarray:
-        """Boolean volume of one named structure."""
-        return (self.bits & np.uint16(1 << STRUCTURE_BITS[name])) != 0
+        """Boolean volume of one named structure (or helper structure)."""
+        bit = STRUCTURE_BITS[name] if name in STRUCTURE_BITS else HELPER_BITS[name]
+        return (self.bits & np.uint16(1 << bit)) != 0
 
 
 def _block_mean(a: np.ndarray, fx: int, fz: int) -> np.ndarray:
@@ -70,6 +83,8 @@ def prepare_volume(ct: ChestCT, voxel_mm: float) -> PhantomVolume:
     lut = np.zeros(256, np.uint16)  # label value -> structure bits, applied in one pass
     for name, parts in STRUCTURES.items():
         lut[ct.label_ids(*parts)] |= np.uint16(1 << STRUCTURE_BITS[name])
+    for name, parts in HELPER_STRUCTURES.items():
+        lut[ct.label_ids(*parts)] |= np.uint16(1 << HELPER_BITS[name])
     bits = lut[ct.labels]
 
     fx = max(1, int(voxel_mm / ct.spacing[0]))
