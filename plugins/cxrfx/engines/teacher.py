@@ -2,11 +2,11 @@
 
 teacher <- m * teacher + (1 - m) * student, where ``m`` is the teacher momentum (paper: 0.8 after each
 Lock-Release step; Ark: cosine from 0.9 to 1.0; ``m = 1`` keeps the teacher fixed, ``m = 0`` copies the
-student). Not ignite's ``EMAHandler``: it updates on engine events only (our steps are Lock-Release events),
-has no cosine schedule, and refuses ``m`` of 0 or 1 (its momentum is ``1 - m``, in the open interval (0, 1)).
-The update runs as fused ``torch._foreach`` ops over all tensors (no per-parameter Python loop). Buffers
-(BatchNorm statistics) are copied from the student (``buffers="copy"``) or averaged too (``"update"``); the
-reference code did neither (REFERENCE §1.10 item 3).
+student). Not ignite's ``EMAHandler``: its schedule is a linear warm-up only (no cosine), it refuses ``m`` of 0
+or 1 (its momentum is ``1 - m``, in the open interval (0, 1)), it loops over parameters in Python, and its
+``"copy"`` makes the teacher's buffers alias the student's. Here the update runs as fused ``torch._foreach`` ops
+over all tensors. Buffers (BatchNorm statistics) are copied from the student (``buffers="copy"``) or averaged
+too (``"update"``); the reference code did neither (REFERENCE §1.10 item 3).
 
 The teacher stays in eval mode, receives no gradient, and serves consistency targets and evaluation.
 """
