@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from cxrfx.data.phantom.annotation import ANNOTATIONS, cardiothoracic_ratio, structure_masks
 from cxrfx.data.phantom.findings import (
@@ -16,7 +17,7 @@ from cxrfx.data.phantom.source import load_chest_ct
 from cxrfx.errors import ConfigError
 from cxrfx.data.phantom.volume import FIRST_FREE_BIT, STRUCTURE_BITS, PhantomVolume, prepare_volume
 
-__all__ = ["PhantomRenderer", "PhantomSample", "CARDIOMEGALY_CTR", "LABELS", "DETECTION_CLASSES", "SEGMENTATION_CLASSES",
+__all__ = ["PhantomRenderer", "PhantomSample", "lesion_cnr", "CARDIOMEGALY_CTR", "LABELS", "DETECTION_CLASSES", "SEGMENTATION_CLASSES",
            "FINDING_PROBABILITY", "image_shape"]
 
 LABELS = ["nodule", "mass", "pneumothorax", "effusion", "cardiomegaly"]
@@ -27,6 +28,18 @@ CARDIOMEGALY_CTR = 0.5  # the label is the cardiothoracic ratio measured on the 
 FINDING_PROBABILITY = {"nodule": 0.35, "mass": 0.15, "pneumothorax": 0.2, "effusion": 0.25, "cardiomegaly": 0.25}
 _PTX_BIT, _EFFUSION_BIT, _LESION_BIT0 = FIRST_FREE_BIT, FIRST_FREE_BIT + 1, FIRST_FREE_BIT + 2
 _FIELD_MM = (360.0, 315.0)  # detector field (width, height) at magnification 1: inside the CT (360 x 332 mm)
+
+
+def lesion_cnr(image: np.ndarray, mask: np.ndarray) -> float:
+    """Contrast-to-noise ratio of a lesion in the radiograph: (mean inside - mean of the surrounding ring) / std
+    of the ring, the ring being as wide as the lesion's equivalent radius (at least 2 px). Bins used by the
+    detection benchmark: < 1 subtle, 1-3 moderate, > 3 conspicuous."""
+    radius = max(2, int(round(np.sqrt(mask.sum() / np.pi))))
+    ring = ndimage.binary_dilation(mask, iterations=radius) & ~mask
+    background = image[ring]
+    if background.size < 2 or background.std() == 0:
+        return 0.0
+    return round(float((image[mask].mean() - background.mean()) / background.std()), 3)
 
 
 def image_shape(size: int) -> tuple[int, int]:
@@ -133,6 +146,7 @@ class PhantomRenderer:
                 rows, cols = np.nonzero(m)
                 boxes.append([float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)])
                 box_labels.append(DETECTION_CLASSES.index(f.kind))
+                f.cnr = lesion_cnr(image, m)
             elif f.bit is not None and not bit_mask(f.bit).any():
                 continue
             visible.append(f)

@@ -81,6 +81,9 @@ def _write_sample(root: str, name: str, ident: str, sample: PhantomSample, rng: 
     }
     if sample.patient is not None:
         item["meta"]["patient"] = sample.patient.summary()
+    if name == "phantom_det":  # per box, in box order: size and conspicuity (benchmarks bin sensitivity by CNR)
+        item["meta"]["lesions"] = [{"kind": f.kind, "size_mm": round(f.size_mm, 2), "cnr": f.cnr, "density": f.density}
+                                   for f in sample.findings if f.kind in DETECTION_CLASSES]
     return item
 
 
