@@ -95,7 +95,7 @@ def test_export_round_trip_and_decoding(trained):
         maps = net(x, task="det", head="nodules")
     assert dense.shape[:2] == (1, 2 + 4)
     # the exported tensor unpacks into the head's per-level maps, which the detector decodes into boxes
-    unpacked = split_dense(dense, [m.shape[-2:] for m in maps["classification"]], 6, 2)
+    unpacked = split_dense(dense, [m.shape[-2:] for m in maps["classification"]], net.det_anchors.num_anchors, 2)
     for key in maps:
         for a, b in zip(unpacked[key], maps[key]):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -12,11 +12,12 @@ normalised input are folded into the first conv on load, see ``checkpoints.py``)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
+from cxrfx.networks.heads.anchors import DetectionAnchors
 from cxrfx.networks.heads.classification import ClassificationHead
 from cxrfx.networks.heads.detection import DetectionNeck, RetinaHead
 from cxrfx.networks.heads.segmentation import SegmentationHead, UperNetDecoder
@@ -37,7 +38,14 @@ class FoundationX(nn.Module):
         dropout: dropout before every head (MC-dropout for MONAI Label's epistemic scoring).
         input_mean, input_std: standardisation applied to the [0, 1] input (chest X-ray statistics of
             Foundation X's classification contract by default).
-        num_anchors: anchors per location of the detection heads (must match the detector's generator).
+        num_anchors: anchors per location of the detection heads when ``det_anchors`` is None (RetinaNet-style
+            default shapes; a checkpoint's fitted shapes replace them on load).
+        det_strides: detection pyramid levels: (8, 16, 32, 64) RetinaNet's P3-P6 (default), (4, 8, 16, 32) with
+            the stride-4 level small lesions need.
+        det_anchors: anchor (height, width) per anchor per level, e.g. from ``cxrfx.data.propose_anchors``; kept
+            in the model (``det_anchors.shapes``) and its checkpoints.
+        detector_settings: matching / sampling / post-processing settings every ``build_detector`` of this model
+            uses (keys of ``cxrfx.networks.heads.detection.DETECTOR_DEFAULTS``).
         backbone_kwargs: overrides for :class:`SwinTransformer` (window_size, drop_path_rate,
             use_checkpoint, embed_dim, depths, num_heads, ...).
         seg_channels, psp_channels, det_channels: decoder / neck widths (Foundation X: 128, 1024, 256).
@@ -50,7 +58,9 @@ class FoundationX(nn.Module):
                  in_chans: int = 1, dropout: float = 0.0, input_mean: float = 0.5056, input_std: float = 0.252,
                  num_anchors: int = 6, backbone_kwargs: Mapping | None = None, seg_channels: int = 128,
                  psp_channels: int = 1024, det_channels: int = 256, shared_fpn_smoothing: bool = False,
-                 default_task: str = "cls", default_head: str | None = None):
+                 default_task: str = "cls", default_head: str | None = None,
+                 det_strides: Sequence[int] = (8, 16, 32, 64), det_anchors: Sequence | None = None,
+                 detector_settings: Mapping | None = None):
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.backbone = swin(backbone, in_chans=in_chans, **dict(backbone_kwargs or {}))
@@ -61,10 +71,12 @@ class FoundationX(nn.Module):
         self.seg_decoder = (UperNetDecoder(dims, seg_channels, psp_channels, shared_smoothing=shared_fpn_smoothing)
                             if seg_heads else None)
         self.seg_heads = nn.ModuleDict({k: SegmentationHead(seg_channels, n, dropout) for k, n in (seg_heads or {}).items()})
-        self.det_neck = DetectionNeck(dims[1:], det_channels) if det_heads else None
+        self.det_neck = DetectionNeck(dims, det_channels, det_strides) if det_heads else None
+        self.det_anchors = DetectionAnchors(det_strides, det_anchors, num_anchors) if det_heads else None
         self.det_heads = nn.ModuleDict(
-            {k: RetinaHead(det_channels, num_anchors, n, dropout) for k, n in (det_heads or {}).items()}
+            {k: RetinaHead(det_channels, self.det_anchors.num_anchors, n, dropout) for k, n in (det_heads or {}).items()}
         )
+        self.detector_settings = dict(detector_settings or {})
         self.size_divisible = self.backbone.stride
         self.default_task, self.default_head = default_task, default_head
 
@@ -99,10 +111,10 @@ class FoundationX(nn.Module):
         return self.seg_decoder(feats)
 
     def det_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Neck levels (strides 8/16/32/64) shared by the detection heads."""
+        """Neck levels (``det_strides``) shared by the detection heads."""
         if self.det_neck is None:
             raise ValueError("this model has no detection heads")
-        return self.det_neck(feats[1:])
+        return self.det_neck(feats)
 
     def shared_features(self, x: torch.Tensor, task: str):
         """The task's shared feature alone (pooled vector, fused map or neck levels), without any head: what

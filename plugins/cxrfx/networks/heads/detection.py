@@ -19,14 +19,16 @@ from collections.abc import Sequence
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNetClassificationHead, RetinaNetRegressionHead
-from monai.apps.detection.utils.anchor_utils import AnchorGenerator
 from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
 from monai.losses import FocalLoss
+from monai.losses.focal_loss import sigmoid_focal_loss
 from monai.losses.giou_loss import BoxGIoULoss
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torch import nn
 
-__all__ = ["DetectionNeck", "RetinaHead", "RetinaDetector", "default_anchor_generator", "build_detector",
+from cxrfx.networks.heads.anchors import ModelAnchorGenerator
+
+__all__ = ["DetectionNeck", "RetinaHead", "RetinaDetector", "build_detector", "BACKBONE_STRIDES",
            "CLS_KEY", "BOX_KEY"]
 
 CLS_KEY, BOX_KEY = "classification", "box_regression"
@@ -39,17 +41,39 @@ class LayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class DetectionNeck(nn.Module):
-    """LayerNorm per stage, then an FPN over stages 1-3 (strides 8/16/32) plus a stride-64 level."""
+BACKBONE_STRIDES = (4, 8, 16, 32)  # Swin stages 0-3
 
-    def __init__(self, in_channels: Sequence[int] = (256, 512, 1024), out_channels: int = 256):
+
+class DetectionNeck(nn.Module):
+    """LayerNorm per used backbone stage, then an FPN over them, plus a max-pooled stride-64 level if asked.
+
+    Args:
+        stage_channels: channels of the four backbone stages (strides 4/8/16/32).
+        out_channels: FPN width.
+        strides: output level strides, from {4, 8, 16, 32} (backbone stages) and 64 (max-pool of the last);
+            consecutive. (8, 16, 32, 64) is RetinaNet's P3-P6; (4, 8, 16, 32) adds the stride-4 level small chest
+            lesions need (a 6 px nodule covers under one stride-8 cell).
+    """
+
+    def __init__(self, stage_channels: Sequence[int], out_channels: int = 256,
+                 strides: Sequence[int] = (8, 16, 32, 64)):
         super().__init__()
+        strides = tuple(int(s) for s in strides)
+        stages = [BACKBONE_STRIDES.index(s) for s in strides if s in BACKBONE_STRIDES]
+        extra = [s for s in strides if s not in BACKBONE_STRIDES]
+        if (not stages or extra not in ([], [64]) or stages != list(range(stages[0], stages[0] + len(stages)))
+                or (extra and stages[-1] != 3)):
+            raise ValueError(f"detection strides must be consecutive powers of two from 4 to 64, got {strides}")
+        self.strides, self.stages = strides, stages
+        in_channels = [stage_channels[i] for i in stages]
         self.norms = nn.ModuleList([LayerNorm2d(c) for c in in_channels])
-        self.fpn = FeaturePyramidNetwork(2, list(in_channels), out_channels, LastLevelMaxPool(2))
+        self.fpn = FeaturePyramidNetwork(2, in_channels, out_channels, LastLevelMaxPool(2) if extra else None)
         self.out_channels = out_channels
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        levels = OrderedDict((str(i), norm(f)) for i, (norm, f) in enumerate(zip(self.norms, feats)))
+        """The four backbone stage maps -> one map per level of ``strides``."""
+        used = [feats[i] for i in self.stages]
+        levels = OrderedDict((str(i), norm(f)) for i, (norm, f) in enumerate(zip(self.norms, used)))
         return list(self.fpn(levels).values())
 
 
@@ -68,14 +92,17 @@ class RetinaHead(nn.Module):
         return {CLS_KEY: self.cls(levels), BOX_KEY: self.box(levels)}
 
 
-def default_anchor_generator() -> AnchorGenerator:
-    """Two sizes x three aspect ratios per level, for strides 8/16/32/64 (boxes of ~11-270 px)."""
-    sizes = ((16, 24), (32, 48), (64, 96), (128, 192))
-    return AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
-
-
 class RetinaDetector(RetinaNetDetector):
-    """MONAI's RetinaNetDetector with ATSS matching that never touches torchvision."""
+    """MONAI's RetinaNetDetector with ATSS matching that never touches torchvision, and anchors regenerated
+    whenever the model's anchor shapes change (a checkpoint loaded after the detector was built)."""
+
+    def generate_anchors(self, images, head_outputs):
+        shapes = getattr(self.anchor_generator, "_anchors", [None])[0]
+        current = shapes.shapes.detach().clone() if shapes is not None else None
+        if current is not None and (self.anchors is None or not torch.equal(current, getattr(self, "_shapes", current))):
+            self.anchors = None  # MONAI regenerates on None
+        self._shapes = current
+        super().generate_anchors(images, head_outputs)
 
     def compute_anchor_matched_idxs(self, anchors, targets, num_anchor_locs_per_level):
         if not isinstance(self.proposal_matcher, ATSSMatcher):
@@ -89,6 +116,21 @@ class RetinaDetector(RetinaNetDetector):
             _, idx = self.proposal_matcher(boxes, anchors_i, num_anchor_locs_per_level, self.num_anchors_per_loc)
             matched.append(idx)
         return matched
+
+
+class PositiveNormalizedFocalLoss(nn.Module):
+    """RetinaNet's classification loss: sigmoid focal loss summed over every anchor and class, divided by the
+    number of positive anchors (at least 1). MONAI's ``FocalLoss(reduction="mean")`` divides by anchors x classes
+    instead: over all anchors of a stride-4 level (~50 000 at 512 px) that shrinks the gradient of the few lesion
+    anchors by four orders of magnitude, which is why it is paired with a sampler of 64 anchors per image."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = 0.25):
+        super().__init__()
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = sigmoid_focal_loss(logits.float(), target.float(), gamma=self.gamma, alpha=self.alpha)
+        return loss.sum() / target.sum().clamp(min=1.0)
 
 
 class _HeadNetwork(nn.Module):
@@ -107,22 +149,45 @@ class _HeadNetwork(nn.Module):
         return self.model(images, task="det", head=self.head)
 
 
-def build_detector(model: nn.Module, head: str, anchor_generator: AnchorGenerator | None = None,
-                   score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
-                   focal_alpha: float | None = 0.25, focal_gamma: float = 2.0) -> RetinaDetector:
+# Detector settings for chest lesions (1-10 per image, 5-50 px): see DETECTOR_DEFAULTS' use in build_detector.
+DETECTOR_DEFAULTS = {
+    "atss_candidates": 4, "center_in_gt": False,  # small boxes: a centre-in-box rule leaves too few positives
+    # "hard_negative": MONAI's sampler (sampler_batch anchors per image) with a mean focal loss; "none": every
+    # anchor with the focal loss normalised by the positives (RetinaNet's own recipe)
+    "sampler": "hard_negative", "sampler_batch": 64, "positive_fraction": 0.3, "pool_size": 20, "min_neg": 16,
+    "focal_alpha": 0.25, "focal_gamma": 2.0,
+    "score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 100, "topk_candidates_per_level": 1000,
+}
+
+
+def build_detector(model: nn.Module, head: str, **settings) -> RetinaDetector:
     """Loss and box prediction for one detection head of a :class:`FoundationX` model.
 
     Training mode: ``detector(images, [{"boxes": (N, 4), "labels": (N,)}, ...])`` returns
     ``{"classification": focal loss, "box_regression": GIoU loss}``. Eval mode: ``detector(images)`` returns
     per image ``{"boxes", "labels", "labels_scores"}`` after NMS. Boxes are ``[r1, c1, r2, c2]`` pixels.
-    The model's anchors must match the generator (``model.num_anchors``).
+    Anchors are the model's own (``model.det_anchors``). ``settings`` override :data:`DETECTOR_DEFAULTS`
+    (the model's ``detector_settings`` attribute, if any, comes in between).
     """
-    detector = RetinaDetector(_HeadNetwork(model, head), anchor_generator or default_anchor_generator())
+    unknown = set(settings) - set(DETECTOR_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown detector settings {sorted(unknown)}; known: {sorted(DETECTOR_DEFAULTS)}")
+    cfg = {**DETECTOR_DEFAULTS, **dict(getattr(model, "detector_settings", None) or {}), **settings}
+    detector = RetinaDetector(_HeadNetwork(model, head), ModelAnchorGenerator(model.det_anchors))
     detector.set_target_keys(box_key="boxes", label_key="labels")
-    detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
-    detector.set_hard_negative_sampler(batch_size_per_image=64, positive_fraction=0.3, pool_size=20, min_neg=16)
-    detector.set_cls_loss(FocalLoss(gamma=focal_gamma, alpha=focal_alpha, reduction="mean"))
+    detector.set_atss_matcher(num_candidates=cfg["atss_candidates"], center_in_gt=cfg["center_in_gt"])
+    if cfg["sampler"] == "hard_negative":
+        detector.set_hard_negative_sampler(batch_size_per_image=cfg["sampler_batch"],
+                                           positive_fraction=cfg["positive_fraction"], pool_size=cfg["pool_size"],
+                                           min_neg=cfg["min_neg"])
+        detector.set_cls_loss(FocalLoss(gamma=cfg["focal_gamma"], alpha=cfg["focal_alpha"], reduction="mean"))
+    elif cfg["sampler"] == "none":
+        detector.fg_bg_sampler = None  # MONAI then trains on every anchor not between thresholds
+        detector.set_cls_loss(PositiveNormalizedFocalLoss(cfg["focal_gamma"], cfg["focal_alpha"]))
+    else:
+        raise ValueError(f"sampler must be 'hard_negative' or 'none', got {cfg['sampler']!r}")
     detector.set_box_regression_loss(BoxGIoULoss(reduction="mean"), encode_gt=False, decode_pred=True)
-    detector.set_box_selector_parameters(score_thresh=score_thresh, topk_candidates_per_level=1000,
-                                         nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+    detector.set_box_selector_parameters(score_thresh=cfg["score_thresh"],
+                                         topk_candidates_per_level=cfg["topk_candidates_per_level"],
+                                         nms_thresh=cfg["nms_thresh"], detections_per_img=cfg["detections_per_img"])
     return detector
