@@ -31,7 +31,7 @@ __all__ = ["PHANTOM_DATASETS", "generate_phantom", "read_manifest", "MANIFEST", 
 
 PHANTOM_DATASETS = ("phantom_cls", "phantom_det", "phantom_seg")
 MANIFEST = "phantom.json"
-_GENERATOR_VERSION = 3  # bump when the rendering changes, so cached phantoms are rebuilt (3: synthetic patients, SCR masks)
+_GENERATOR_VERSION = 4  # bump when the rendering changes, so cached phantoms are rebuilt (3: synthetic patients, SCR masks; 4: denser lesions, CNR)
 
 
 def _splits(count: int) -> list[str]:
