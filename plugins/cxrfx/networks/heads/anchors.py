@@ -1,11 +1,11 @@
-"""Detection anchors that travel with the model, and anchor shapes fitted to a dataset's boxes.
+"""Detection anchors that travel with the model (the shapes fitted to a dataset's boxes: ``cxrfx.data.boxes``).
 
 Why anchors live in the model: the right anchors depend on the training boxes (chest nodules are 5-30 px on a
 512 px film, masses several times that), so ``finetune_det`` fits them to its datalist, as MONAI's lung-nodule
 bundle derives its ``base_anchor_shapes`` from data. Stored as a buffer of :class:`DetectionAnchors`, the fitted
 shapes are saved in every checkpoint (and TorchScript export); an inference config builds the network with
-placeholder shapes of the same count and the weights file brings the real ones. Fitting lives in ``cxrfx.data.boxes``. :class:`ModelAnchorGenerator`
-is MONAI's ``AnchorGenerator`` reading those shapes on every call.
+placeholder shapes of the same count and the weights file brings the real ones. :class:`ModelAnchorGenerator` is
+MONAI's ``AnchorGenerator`` reading those shapes whenever it generates anchors.
 
 Shapes are (extent along dim 0, extent along dim 1) = (height, width) in input pixels, per pyramid level, as
 MONAI's ``'ij'`` anchors on (C, H, W) images.
@@ -85,13 +85,17 @@ class ModelAnchorGenerator(AnchorGenerator):
     def __init__(self, anchors: DetectionAnchors):
         super().__init__(sizes=[[1.0]] * len(anchors.strides), aspect_ratios=[[1.0]] * len(anchors.strides))
         self._anchors = [anchors]  # a list, not a submodule: the model owns the buffer, the detector only reads it
-        self._refresh()
+        self._set_cell_anchors()  # RetinaNetDetector reads num_anchors_per_location() when it is built
 
-    def _refresh(self) -> None:
-        shapes = self._anchors[0].shapes.detach()
-        half = shapes / 2.0
-        self.cell_anchors = [torch.cat([-half[lvl], half[lvl]], dim=1) for lvl in range(shapes.shape[0])]
+    @property
+    def shapes(self) -> torch.Tensor:
+        """The model's current (levels, anchors, 2) shapes."""
+        return self._anchors[0].shapes
+
+    def _set_cell_anchors(self) -> None:
+        half = self.shapes.detach() / 2.0
+        self.cell_anchors = [torch.cat([-h, h], dim=1) for h in half]  # [-d0/2, -d1/2, d0/2, d1/2] per anchor
 
     def forward(self, images: torch.Tensor, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        self._refresh()
+        self._set_cell_anchors()
         return super().forward(images, feature_maps)

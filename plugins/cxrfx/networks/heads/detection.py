@@ -97,11 +97,10 @@ class RetinaDetector(RetinaNetDetector):
     whenever the model's anchor shapes change (a checkpoint loaded after the detector was built)."""
 
     def generate_anchors(self, images, head_outputs):
-        shapes = getattr(self.anchor_generator, "_anchors", [None])[0]
-        current = shapes.shapes.detach().clone() if shapes is not None else None
-        if current is not None and (self.anchors is None or not torch.equal(current, getattr(self, "_shapes", current))):
-            self.anchors = None  # MONAI regenerates on None
-        self._shapes = current
+        shapes = getattr(self.anchor_generator, "shapes", None)  # a ModelAnchorGenerator's current shapes
+        if shapes is not None and (self.anchors is None or not torch.equal(shapes, self._anchor_shapes)):
+            self.anchors = None  # MONAI regenerates (and caches) on None
+            self._anchor_shapes = shapes.detach().clone()
         super().generate_anchors(images, head_outputs)
 
     def compute_anchor_matched_idxs(self, anchors, targets, num_anchor_locs_per_level):
@@ -169,10 +168,10 @@ def build_detector(model: nn.Module, head: str, **settings) -> RetinaDetector:
     Anchors are the model's own (``model.det_anchors``). ``settings`` override :data:`DETECTOR_DEFAULTS`
     (the model's ``detector_settings`` attribute, if any, comes in between).
     """
-    unknown = set(settings) - set(DETECTOR_DEFAULTS)
+    cfg = {**DETECTOR_DEFAULTS, **dict(getattr(model, "detector_settings", None) or {}), **settings}
+    unknown = set(cfg) - set(DETECTOR_DEFAULTS)  # the model's settings too: a config typo must not pass silently
     if unknown:
         raise ValueError(f"unknown detector settings {sorted(unknown)}; known: {sorted(DETECTOR_DEFAULTS)}")
-    cfg = {**DETECTOR_DEFAULTS, **dict(getattr(model, "detector_settings", None) or {}), **settings}
     detector = RetinaDetector(_HeadNetwork(model, head), ModelAnchorGenerator(model.det_anchors))
     detector.set_target_keys(box_key="boxes", label_key="labels")
     detector.set_atss_matcher(num_candidates=cfg["atss_candidates"], center_in_gt=cfg["center_in_gt"])
@@ -181,8 +180,7 @@ def build_detector(model: nn.Module, head: str, **settings) -> RetinaDetector:
                                            positive_fraction=cfg["positive_fraction"], pool_size=cfg["pool_size"],
                                            min_neg=cfg["min_neg"])
         detector.set_cls_loss(FocalLoss(gamma=cfg["focal_gamma"], alpha=cfg["focal_alpha"], reduction="mean"))
-    elif cfg["sampler"] == "none":
-        detector.fg_bg_sampler = None  # MONAI then trains on every anchor not between thresholds
+    elif cfg["sampler"] == "none":  # no sampler set: MONAI trains on every anchor not between thresholds
         detector.set_cls_loss(PositiveNormalizedFocalLoss(cfg["focal_gamma"], cfg["focal_alpha"]))
     else:
         raise ValueError(f"sampler must be 'hard_negative' or 'none', got {cfg['sampler']!r}")
