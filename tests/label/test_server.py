@@ -199,8 +199,8 @@ def test_train_refuses_too_few_labels(server):
     image_id = DET_LABELLED[0]
     _put_label(server, image_id, image_id + ".json", _det_label(server.studies, image_id), "application/json")
     before = _weights(server, "cxr_detection")
-    status, _ = _post_json(server, "/train/cxr_detection?run_sync=true", {"max_epochs": 1})
-    assert status == 500  # ConfigError: one label, fine-tuning needs two (the server log names the datastore)
+    status, body = _post_json(server, "/train/cxr_detection?run_sync=true", {"max_epochs": 1})
+    assert status == 409 and "at least 2" in read_json(body)["detail"]  # one label; fine-tuning needs two
     assert _weights(server, "cxr_detection") == before
 
 

@@ -7,7 +7,8 @@
 ``serve`` copies each served bundle's configs (and weights, when the bundle has some and the app folder has
 none) into ``<app-dir>/model/<name>/``, writes the app's ``main.py``, builds the phantom studies when
 ``--studies`` is a missing folder, then runs MONAI Label's own ``start_server`` in this process (uvicorn,
-127.0.0.1 by default). Nothing is downloaded: no zoo, no SAM, no dcmqi.
+127.0.0.1 by default) with cxrfx's request validation in front of MONAI Label's endpoints
+(:mod:`cxrfx.label.validation`: bad requests are answered 4xx with a reason). Nothing is downloaded: no zoo, no SAM, no dcmqi.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def serve(args: argparse.Namespace) -> None:
     from monailabel.main import Main
 
     sys.argv = ["monailabel", "start_server", "--app", app_dir, "--studies", studies, "--host", args.host,
-               "--port", str(args.port), "--log_level", args.log_level]
+               "--port", str(args.port), "--log_level", args.log_level,
+               "--uvicorn_app", "cxrfx.label.server:app"]  # MONAI Label's app + cxrfx request validation
     for key, value in conf:
         sys.argv += ["--conf", key, value]
     Main().run()

@@ -14,7 +14,8 @@ Results (coordinates of the original image; x = column):
   a BINARY DICOM SEG (highdicom) on the server, its path as ``"dicom_seg"`` in the JSON. (With the DICOMweb
   datastore every saved segmentation label goes to the PACS as DICOM SEG: :mod:`cxrfx.label.dicomweb`.)
 - detection: JSON only, ``{"format": "cxrfx-boxes-v1", "image_size": [H, W], "boxes": [{"box_xyxy": [x1, y1,
-  x2, y2], "class": name, "label": index, "score": s}, ...]}`` sorted by score (``score_threshold`` request
+  x2, y2], "class": name, "label": k, "score": s}, ...]}`` sorted by score (k 1-based: ``classes[k-1]``, as in
+  ``/info``) (``score_threshold`` request
   parameter, default 0.05). The same format, saved as a ``.json`` label, is a detection training label.
 - classification: JSON ``{"heads": {head: {label: {"probability", "threshold", "threshold_source",
   "positive"}}}}`` with the thresholds of ``models/thresholds.json`` (``python -m cxrfx calibrate``), 0.5 where
@@ -61,7 +62,7 @@ class CXRInferTask(InferTask):
     def info(self) -> dict:
         out = super().info()
         out.update({"bundle": os.path.basename(self.served.bundle), "image_size": self.served.image_size,
-                    "untrained": self.served.initialised})
+                    "untrained": self.served.untrained()})
         return out
 
     def __call__(self, request) -> tuple[str | None, dict]:
@@ -146,6 +147,7 @@ class DetectionTask(CXRInferTask):
                 continue
             x1, y1, x2, y2 = b["box_xyxy"]  # clipped: anchors near the border may reach past it
             b["box_xyxy"] = [max(0.0, min(x1, w)), max(0.0, min(y1, h)), max(0.0, min(x2, w)), max(0.0, min(y2, h))]
+            b["label"] = int(b["label"]) + 1  # 1-based, as /info lists the labels (0 = background)
             kept.append(b)
         return None, {"format": BOX_FORMAT, "classes": self.classes, "boxes": kept}
 

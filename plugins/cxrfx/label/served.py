@@ -108,7 +108,23 @@ class ServedBundle:
         torch.manual_seed(self.seed)
         save_state_dict(self.build_network().state_dict(), self.weights)
         self.initialised = True
+        st = os.stat(self.weights)
+        with open(self._seeded_marker(), "w", encoding="utf-8") as f:
+            f.write(f"{st.st_mtime_ns} {st.st_size}\n")
         logger.warning(f"{self.weights}: no trained weights; serving seeded initial weights until /train runs")
+
+    def _seeded_marker(self) -> str:
+        return os.path.join(self.bundle, "models", ".seeded_weights")
+
+    def untrained(self) -> bool:
+        """True while the served weights are still the seeded initial ones (:meth:`ensure_weights`): the marker
+        written then names the file's stamp, and training replaces the file (a new stamp). Survives restarts."""
+        marker = self._seeded_marker()
+        if not os.path.exists(marker) or not os.path.exists(self.weights):
+            return False
+        st = os.stat(self.weights)
+        with open(marker, encoding="utf-8") as f:
+            return f.read().strip() == f"{st.st_mtime_ns} {st.st_size}"
 
     def load_into(self, network: torch.nn.Module, path: str | None = None, key: str | None = None) -> torch.nn.Module:
         from cxrfx.networks import load_checkpoint

@@ -69,11 +69,17 @@ class ScoredStrategy(Strategy):
     def prepare(self) -> None:
         """Load what :meth:`score` needs (called once per request)."""
 
+    def ready(self) -> str | None:
+        """Why the strategy cannot run now (the request is refused with 409), or None."""
+        return None
+
     def __call__(self, request, datastore) -> dict | None:
         images = sorted(datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels")))
         if not images:
             return None
-        limit = int(request.get("max_samples", self.max_samples))
+        limit = int(request.get("max_samples") or self.max_samples)  # checked by cxrfx.label.validation
+        if limit < 1:
+            raise ConfigError(f"max_samples: {limit} is not a positive integer")
         if len(images) > limit:
             images = sorted(random.Random(self.seed).sample(images, limit))
         scores = {}
@@ -119,6 +125,12 @@ class DisagreementStrategy(ScoredStrategy):
 
     def checkpoint(self) -> str:
         return os.path.join(self.served.bundle, "models", "last.pt")
+
+    def ready(self) -> str | None:
+        if not os.path.exists(self.checkpoint()):
+            return (f"no student/teacher checkpoint yet ({os.path.basename(self.served.bundle)} has not been "
+                    f"trained); run /train/<model> first")
+        return None
 
     def prepare(self) -> None:
         path = self.checkpoint()

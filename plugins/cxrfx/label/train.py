@@ -77,12 +77,18 @@ def seg_datalist(pairs: list[dict], name: str, classes: list[str]) -> dict:
 
 
 def det_datalist(pairs: list[dict], name: str, classes: list[str]) -> dict:
-    """``[{"image", "label"}]`` with box-JSON labels -> a detection datalist."""
+    """``[{"image", "label"}]`` with box-JSON labels -> a detection datalist. A label file that does not read
+    (stored before the server validated labels, or edited by hand) is left out with a warning: one bad label
+    must not stop everybody's training."""
     items = []
     for i, p in enumerate(pairs):
         if not p["label"].lower().endswith(".json"):
             continue
-        boxes, labels = read_box_label(p["label"], classes)
+        try:
+            boxes, labels = read_box_label(p["label"], classes)
+        except (ConfigError, KeyError, TypeError, ValueError) as e:
+            logger.warning(f"{p['label']}: left out of training ({e})")
+            continue
         items.append({"id": f"{name}_{i:04d}", "image": p["image"], "boxes": boxes, "box_labels": labels})
     return _datalist(name, {"detection": {"classes": classes}}, items)
 
@@ -100,6 +106,16 @@ class BundleFineTuneTask(TrainTask):
 
     def config(self) -> dict:
         return {"max_epochs": 1, "use_teacher": True, "mode": "full"}
+
+    def count_labels(self, datastore) -> tuple[int, int, str]:
+        """(usable final labels of this task's kind, the minimum training needs, their kind): what ``/train``
+        checks before it starts a training process (409 when too few)."""
+        pairs = datastore.datalist()
+        if self.task == "seg":
+            n = len(seg_datalist(pairs, self.name, self.classes)["training"])
+        else:
+            n = len(det_datalist(pairs, self.name, self.classes)["training"])
+        return n, MIN_LABELS, "index-map .png/.nii.gz" if self.task == "seg" else ".json box"
 
     def _runs(self) -> str:
         return os.path.join(self.served.bundle, "train_runs")
