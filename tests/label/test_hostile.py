@@ -177,6 +177,7 @@ def hostile_cases(server) -> list[tuple[str, object, int, list[str]]]:
         ("infer upload of unsupported type", lambda: infer(server, SEG, "", files={"file": ("x.txt", b"hello",
                                                                                              "text/plain")}),
          415, ["x.txt", "unsupported"]),
+        ("batch infer unknown model", lambda: post_json(server, "/batch/infer/nope", {}), 404, ["model", "nope"]),
         # /train
         ("train unknown model", lambda: post_json(server, "/train/nope", {}), 404, ["model", "nope", "not trainable"]),
         ("train inference-only model", lambda: post_json(server, f"/train/{CLS}", {}), 404, [CLS, "inference only"]),
@@ -274,6 +275,15 @@ def test_untrained_before_training(server):
     assert info["models"][DET]["untrained"] is True and info["models"][SEG]["untrained"] is True
 
 
+def test_acft_before_any_training(server):
+    """ACFT starts from the served (pretrained) model: it scores without a /train run, unlike disagreement."""
+    status, body = post_json(server, "/activelearning/acft", {"max_samples": 3})
+    assert status == 200, body[:300]
+    result = read_json(body)
+    assert len(result["scores"]) == 3 and result["score"] == max(result["scores"].values()) > 0
+    assert result["id"] in result["scores"] and os.path.exists(result["path"])
+
+
 def test_hostile_corpus(server):
     before = snapshot(server)
     cases = hostile_cases(server)
@@ -319,6 +329,7 @@ def test_no_temporary_file_survives_requests(server):
         assert infer(server, SEG, f"image={SEG_IMAGE}&output=json")[0] == 200
         assert infer(server, SEG, f"image={DET_IMAGE}&output=all")[0] == 200
         assert infer(server, DET, f"image={DET_IMAGE}&output=json")[0] == 200
+        assert infer(server, SEG, f"image={DET_IMAGE}&output=json", {"dicom_seg": "true"})[0] == 200
         assert put_label(server, SEG_IMAGE, "l.png", b"garbage")[0] == 422
         assert infer(server, SEG, "", files={"file": ("x.png", b"\x89PNG garbage", "image/png")})[0] == 422
     time.sleep(1)  # background tasks remove result files after the response
@@ -357,3 +368,14 @@ def test_valid_labels_are_stored_and_detection_trains(server):
     info = read_json(http("GET", server.url + "/info/")[1])
     assert info["models"][DET]["untrained"] is False  # follows training
     assert info["models"][SEG]["untrained"] is True
+
+
+def test_continual_fine_tuning_with_replay(server):
+    """ACFT's continual step: after a run, only the newly saved label plus a replay of the earlier ones train."""
+    status, body = put_label(server, "phantom_det_0001", "phantom_det_0001.json", det_label(server, "phantom_det_0001"))
+    assert status == 200, body[:300]
+    assert post_json(server, f"/train/{DET}", {"replay": "some"})[0] == 422
+    status, body = post_json(server, f"/train/{DET}?run_sync=true", {"max_epochs": 1, "replay": 0.5})
+    assert status == 200, body[:500]
+    stats = read_json(body)
+    assert stats["new_labels"] == 1 and stats["replayed_labels"] == 1 and stats["images"] == 2

@@ -55,7 +55,7 @@ def test_info_lists_models_and_strategies(server):
     assert {m: info["models"][m]["type"] for m in info["models"]} == {
         "cxr_segmentation": "segmentation", "cxr_detection": "detection", "cxr_classification": "classification"}
     assert all(m["dimension"] == 2 for m in info["models"].values())
-    assert set(info["strategies"]) == {"random", "epistemic", "disagreement"}
+    assert set(info["strategies"]) == {"random", "epistemic", "disagreement", "acft"}
     assert set(info["trainers"]) == {"cxr_segmentation", "cxr_detection"}
     assert info["datastore"]["total"] == 8  # 4 PNG + 4 DICOM phantom studies
 
@@ -214,7 +214,7 @@ def test_train_detection_from_box_labels(server):
     assert _weights(server, "cxr_detection") != before
 
 
-@pytest.mark.parametrize("strategy", ["random", "epistemic", "disagreement"])
+@pytest.mark.parametrize("strategy", ["random", "epistemic", "disagreement", "acft"])
 def test_activelearning_returns_unlabelled_image(server, strategy):
     start = time.perf_counter()
     status, body = _post_json(server, f"/activelearning/{strategy}", {"max_samples": 6})

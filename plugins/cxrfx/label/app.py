@@ -14,8 +14,8 @@ configs and its ``models/`` (served weights; training rewrites them there, never
 
 ``--conf`` keys: ``configs`` (comma-separated override configs, e.g. ``demo.json``), ``device`` (``cpu``),
 ``epistemic_model`` / ``disagreement_model`` (served names; default ``cxr_segmentation``),
-``epistemic_dropout`` (0.2), ``epistemic_samples`` (5), ``al_max_samples`` (16), ``modalities`` (DICOMweb
-filter, ``CR,DX``).
+``epistemic_dropout`` (0.2), ``epistemic_samples`` (5), ``acft_model`` (``cxr_segmentation``), ``acft_alpha``
+(0.25), ``al_max_samples`` (16), ``modalities`` (DICOMweb filter, ``CR,DX``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from monailabel.tasks.activelearning.random import Random  # noqa: E402
 
 from cxrfx.label.infer import ClassificationTask, DetectionTask, SegmentationTask  # noqa: E402
 from cxrfx.label.served import ServedBundle  # noqa: E402
-from cxrfx.label.strategies import DisagreementStrategy, EpistemicStrategy  # noqa: E402
+from cxrfx.label.strategies import ACFTStrategy, DisagreementStrategy, EpistemicStrategy  # noqa: E402
 from cxrfx.label.train import BundleFineTuneTask  # noqa: E402
 
 __all__ = ["CXRLabelApp", "SERVED", "IMAGE_EXTENSIONS"]
@@ -94,7 +94,9 @@ class CXRLabelApp(MONAILabelApp):
         return {"random": Random(),
                 "epistemic": EpistemicStrategy(epistemic, float(self.conf_.get("epistemic_dropout", 0.2)),
                                                int(self.conf_.get("epistemic_samples", 5)), samples),
-                "disagreement": DisagreementStrategy(disagreement, samples)}
+                "disagreement": DisagreementStrategy(disagreement, samples),
+                "acft": ACFTStrategy(self.served[self.conf_.get("acft_model", "cxr_segmentation")], samples,
+                                     float(self.conf_.get("acft_alpha", 0.25)))}
 
     def init_scoring_methods(self):
         return {}  # strategies score on demand; background scoring would compete for the two CPU cores

@@ -11,7 +11,8 @@ Results (coordinates of the original image; x = column):
 - segmentation: an 8-bit index-map PNG of the image's size (value k = ``labels[k-1]``, 0 = background; where
   classes overlap the later class in the list is drawn on top), and JSON ``{"labels": {name: k}, "pixels":
   {name: count}, "mean_probability": {name: p}, "image_size": [H, W]}``; for DICOM inputs and the request parameter ``dicom_seg: "true"`` also
-  a BINARY DICOM SEG (highdicom) on the server, its path as ``"dicom_seg"`` in the JSON. (With the DICOMweb
+  a BINARY DICOM SEG (highdicom) on the server (``<served bundle>/outputs/dicom_seg/<image>.seg.dcm``, one per
+  image, replaced by the next such request), its path as ``"dicom_seg"`` in the JSON. (With the DICOMweb
   datastore every saved segmentation label goes to the PACS as DICOM SEG: :mod:`cxrfx.label.dicomweb`.)
 - detection: JSON only, ``{"format": "cxrfx-boxes-v1", "image_size": [H, W], "boxes": [{"box_xyxy": [x1, y1,
   x2, y2], "class": name, "label": k, "score": s}, ...]}`` sorted by score (k 1-based: ``classes[k-1]``, as in
@@ -108,9 +109,16 @@ class SegmentationTask(CXRInferTask):
         if detect_format(path) == "dicom" and str(request.get("dicom_seg", "false")).lower() == "true":
             from cxrfx.outputs.dicom_seg import write_dicom_seg
 
-            seg = out[:-4] + "_seg.dcm"
-            write_dicom_seg(path, dict(zip(self.classes, masks)), seg,
+            # not a temporary file (the JSON names it and nothing would remove it): one per source image in the
+            # served bundle's outputs/, replaced by the next request for that image
+            folder = os.path.join(self.served.bundle, "outputs", "dicom_seg")
+            os.makedirs(folder, exist_ok=True)
+            stem = os.path.basename(path).rsplit(".", 1)[0]
+            seg = os.path.join(folder, f"{stem}.seg.dcm")
+            tmp = f"{seg}.tmp{os.getpid()}.{threading.get_ident()}"
+            write_dicom_seg(path, dict(zip(self.classes, masks)), tmp,
                             series_description=f"cxrfx model output ({self.head})")
+            os.replace(tmp, seg)
             result["dicom_seg"] = seg
         return out, result
 

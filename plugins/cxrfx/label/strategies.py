@@ -5,6 +5,11 @@
   dropout before every head) and the served weights; with dropout active and everything else in eval mode, ``T``
   stochastic passes per image; the score is the mean per-pixel (segmentation) or per-label (classification)
   variance of the sigmoid outputs. The image with the highest variance is returned.
+- ``acft``: ACFT (Zhou et al., CVPR 2017 / MedIA 2021; :mod:`cxrfx.label.acft`): the served model (the
+  pretrained weights until the first ``/train``, then the continually fine-tuned ones) predicts on augmented
+  copies of each image (gamma, contrast, small shifts undone on the output); the score is the entropy of the
+  predictions plus their diversity (symmetric KL between copies), averaged over the image's most uncertain
+  ``alpha`` fraction of locations. Works before any training.
 - ``disagreement`` (teacher-student): the EMA teacher and the student of the last fine-tuning run
   (``models/last.pt`` with both) run on each candidate; the score is the mean absolute difference of their
   sigmoid outputs over every head. Where the slow-moving teacher and the student disagree most, the model is
@@ -29,7 +34,7 @@ from cxrfx.label.served import ServedBundle
 
 from monailabel.interfaces.tasks.strategy import Strategy  # noqa: I001 (label venv only)
 
-__all__ = ["ScoredStrategy", "EpistemicStrategy", "DisagreementStrategy", "sigmoid_outputs"]
+__all__ = ["ScoredStrategy", "EpistemicStrategy", "DisagreementStrategy", "ACFTStrategy", "sigmoid_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +146,22 @@ class DisagreementStrategy(ScoredStrategy):
 
     def score(self, x: torch.Tensor) -> float:
         return (sigmoid_outputs(self._student, x) - sigmoid_outputs(self._teacher, x)).abs().mean().item()
+
+
+class ACFTStrategy(ScoredStrategy):
+    """ACFT entropy + diversity over augmented copies (see the module docstring and :mod:`cxrfx.label.acft`)."""
+
+    def __init__(self, served: ServedBundle, max_samples: int = 16, alpha: float = 0.25,
+                 lambda_entropy: float = 1.0, lambda_diversity: float = 1.0):
+        super().__init__(f"ACFT: entropy + diversity of {os.path.basename(served.bundle)}'s predictions over "
+                         f"augmented copies (top {alpha:g} of locations)", served, max_samples)
+        self.alpha, self.lambda_entropy, self.lambda_diversity = alpha, lambda_entropy, lambda_diversity
+        self._net: torch.nn.Module | None = None
+
+    def prepare(self) -> None:
+        self._net = self.served.network()
+
+    def score(self, x: torch.Tensor) -> float:
+        from cxrfx.label.acft import acft_score, network_outputs
+
+        return acft_score(network_outputs(self._net, x), self.alpha, self.lambda_entropy, self.lambda_diversity)

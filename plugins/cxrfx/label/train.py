@@ -14,6 +14,8 @@ the app and calls this task. The task
    with overrides: that datalist, ``max_epochs`` passes over it, the served weights as the fine-tuning start
    (``finetune_model_path``), the EMA teacher on (its copy feeds the teacher-student strategy), a run folder
    for checkpoints and logs;
+   With ``replay`` (a fraction; ACFT's continual fine-tuning) only the labels saved since the last run plus that
+   fraction of the earlier ones are used; without it, every final label;
 4. atomically replaces the served ``models/model.pt`` with the trained student (and ``models/last.pt`` with
    student + teacher); the infer tasks reload it at their next request.
 """
@@ -117,6 +119,23 @@ class BundleFineTuneTask(TrainTask):
             n = len(det_datalist(pairs, self.name, self.classes)["training"])
         return n, MIN_LABELS, "index-map .png/.nii.gz" if self.task == "seg" else ".json box"
 
+    def select_continual(self, pairs: list[dict], replay: float, seed: int = 0) -> tuple[list[dict], int, int]:
+        """ACFT's continual fine-tuning set: the labels saved since the last training run (label file newer than
+        its end) plus a seeded random ``replay`` fraction (at least one) of the earlier ones, so the model keeps
+        what it learnt without retraining on everything. Returns (pairs, new, replayed)."""
+        import random
+
+        if not 0 <= replay <= 1:
+            raise ConfigError(f"replay: {replay} is not a fraction in [0, 1]")
+        since = float(self.stats().get("finished_at") or 0)
+        ext = SEG_EXTENSIONS if self.task == "seg" else (".json",)
+        pairs = [p for p in pairs if p["label"].lower().endswith(ext)]
+        new = [p for p in pairs if os.path.getmtime(p["label"]) > since]
+        old = [p for p in pairs if os.path.getmtime(p["label"]) <= since]
+        k = min(len(old), max(1, round(replay * len(old)))) if old and replay > 0 else 0
+        kept = sorted(random.Random(seed).sample(old, k), key=lambda p: p["label"]) if k else []
+        return new + kept, len(new), len(kept)
+
     def _runs(self) -> str:
         return os.path.join(self.served.bundle, "train_runs")
 
@@ -134,6 +153,10 @@ class BundleFineTuneTask(TrainTask):
 
         start = time.time()
         pairs = datastore.datalist()
+        replay = request.get("replay")
+        new_count = replayed = None
+        if replay is not None:  # ACFT's continual fine-tuning: the new labels plus a replay of earlier ones
+            pairs, new_count, replayed = self.select_continual(pairs, float(replay))
         data = (seg_datalist if self.task == "seg" else det_datalist)(pairs, self.name, self.classes)
         if len(data["training"]) < MIN_LABELS:
             kind = "index-map .png/.nii.gz" if self.task == "seg" else ".json box"
@@ -171,7 +194,8 @@ class BundleFineTuneTask(TrainTask):
         stats = {"model": os.path.basename(self.served.bundle), "images": len(data["training"]),
                  "iterations": iterations, "batch_size": batch, "seconds": round(time.time() - start, 1),
                  "run_dir": run_dir, "weights": self.served.weights, "weights_before": before,
-                 "weights_after": self.served.weights_stamp(), "teacher": use_teacher and "teacher" in ckpt}
+                 "weights_after": self.served.weights_stamp(), "teacher": use_teacher and "teacher" in ckpt,
+                 "finished_at": time.time(), "new_labels": new_count, "replayed_labels": replayed}
         tmp = os.path.join(self._runs(), f"latest.json.tmp{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=1)

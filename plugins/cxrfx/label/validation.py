@@ -344,6 +344,7 @@ def check_train(app, model: str, params: dict) -> None:
     if params.get("iterations") not in (None, 0):
         _integer(params, "iterations", 1, 1_000_000)
     _boolean(params, "use_teacher")
+    _number(params, "replay", 0.0, 1.0)
     if "mode" in params and params["mode"] not in TRAIN_MODES:
         reject(422, f"mode: {params['mode']!r} is not one of {list(TRAIN_MODES)}")
     task = trainers[model]
@@ -428,6 +429,8 @@ def _route(method: str, path: str, api: str = "") -> tuple[str, str] | None:
     parts = [p for p in path.split("/") if p]
     if method == "POST" and len(parts) == 2 and parts[0] in ("infer", "train", "activelearning"):
         return parts[0], parts[1]
+    if method == "POST" and len(parts) == 3 and parts[:2] == ["batch", "infer"]:
+        return "batch_infer", parts[2]
     if method == "POST" and parts == ["train"]:
         return "train_all", ""
     if parts[:1] == ["datastore"]:
@@ -535,6 +538,13 @@ class ValidationMiddleware:
             params = parse_json_field(form.get("params"), "params")
             upload = files.get("file")
             check_infer(app, name, query, params, upload)
+        elif kind == "batch_infer":
+            if name not in _infers(app):
+                reject(404, f"model {name!r}: unknown; served models are {sorted(_infers(app))}")
+            if json_body is not None and not isinstance(json_body, dict):
+                reject(400, "body: expected a JSON object")
+            if query.get("images", "unlabeled") not in ("all", "labeled", "unlabeled"):
+                reject(422, f"images: {query['images']!r} is not one of all, labeled, unlabeled")
         elif kind == "train":
             check_train(app, name, json_body if json_body is not None else {})
         elif kind == "train_all":
