@@ -379,3 +379,17 @@ def test_continual_fine_tuning_with_replay(server):
     assert status == 200, body[:500]
     stats = read_json(body)
     assert stats["new_labels"] == 1 and stats["replayed_labels"] == 1 and stats["images"] == 2
+
+
+def test_refusal_reaches_a_browser_client(server):
+    """The 4xx carries the CORS headers MONAI Label's middleware adds, so a viewer on another origin reads it."""
+    import urllib.error
+    import urllib.request
+
+    body, ctype = multipart({"params": ("", b"{}", "text/plain")})
+    req = urllib.request.Request(f"{server.url}/infer/nope?image={SEG_IMAGE}", data=body, method="POST",
+                                 headers={"Content-Type": ctype, "Origin": "http://viewer.example"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=60)
+    assert e.value.code == 404 and "nope" in read_json(e.value.read())["detail"]
+    assert e.value.headers.get("access-control-allow-origin") in ("*", "http://viewer.example")

@@ -595,8 +595,11 @@ def install(fastapi_app, app_instance: Callable | None = None) -> None:
     from monailabel.config import settings
     from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 
-    fastapi_app.add_middleware(ValidationMiddleware, app_instance=app_instance,
-                               api_prefix=getattr(settings, "MONAI_LABEL_API_STR", "") or "")
+    from starlette.middleware import Middleware
+
+    # innermost of the app's middleware (after CORS), so a browser client (OHIF on another origin) reads the reason
+    fastapi_app.user_middleware.append(Middleware(ValidationMiddleware, app_instance=app_instance,
+                                                  api_prefix=getattr(settings, "MONAI_LABEL_API_STR", "") or ""))
 
     async def monailabel_error(request, exc: MONAILabelException):
         status = 400 if exc.error == MONAILabelError.INVALID_INPUT else 500
