@@ -39,6 +39,8 @@ def server(tmp_path_factory, label_python, label_env, studies, bundles):
     for f in sorted(os.listdir(studies)):  # images only: labels other modules saved stay out
         if os.path.isfile(os.path.join(studies, f)) and f.endswith((".png", ".dcm")):
             shutil.copy2(os.path.join(studies, f), own / f)
+    with open(own / "broken_0000.png", "wb") as f:  # put into the folder by hand, not through the API
+        f.write(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     os.makedirs(tmp / "tmp")
     env = dict(label_env, TMPDIR=str(tmp / "tmp"), CXRFX_LABEL_MAX_UPLOAD_MB="8")
     srv, url = start_label_server(tmp, label_python, env, str(own), bundles)
@@ -151,6 +153,8 @@ def hostile_cases(server) -> list[tuple[str, object, int, list[str]]]:
         ("infer unknown model", lambda: infer(server, "nope", f"image={SEG_IMAGE}"), 404, ["model", "nope", "unknown"]),
         ("infer unknown image id", lambda: infer(server, SEG, "image=no_such_image"), 404, ["image", "no_such_image"]),
         ("infer server file path as image", lambda: infer(server, SEG, "image=/etc/passwd"), 404, ["image", "id"]),
+        ("infer on an unreadable datastore file", lambda: infer(server, SEG, "image=broken_0000&output=json"), 422,
+         ["image", "not readable"]),
         ("infer without image", lambda: infer(server, SEG, ""), 400, ["image", "missing"]),
         ("infer malformed params JSON", lambda: infer(server, SEG, f"image={SEG_IMAGE}", b"{score: "), 400,
          ["params", "malformed JSON"]),
@@ -277,10 +281,12 @@ def test_untrained_before_training(server):
 
 def test_acft_before_any_training(server):
     """ACFT starts from the served (pretrained) model: it scores without a /train run, unlike disagreement."""
-    status, body = post_json(server, "/activelearning/acft", {"max_samples": 3})
+    status, body = post_json(server, "/activelearning/acft", {"max_samples": 100})
     assert status == 200, body[:300]
     result = read_json(body)
-    assert len(result["scores"]) == 3 and result["score"] == max(result["scores"].values()) > 0
+    # every unlabelled image but the unreadable one (skipped, not a failure)
+    assert len(result["scores"]) == 8 and "broken_0000" not in result["scores"]
+    assert result["score"] == max(result["scores"].values()) > 0
     assert result["id"] in result["scores"] and os.path.exists(result["path"])
 
 

@@ -67,8 +67,15 @@ class CXRInferTask(InferTask):
         return out
 
     def __call__(self, request) -> tuple[str | None, dict]:
+        from fastapi import HTTPException
+
+        from cxrfx.errors import CXRReadError
+
         start = time.perf_counter()
-        path, x, original = self.served.load_image(request["image"])
+        try:
+            path, x, original = self.served.load_image(request["image"])
+        except CXRReadError as e:  # a file put into the studies folder by hand: the client's image, not a bug
+            raise HTTPException(status_code=422, detail=f"image: not readable ({e})") from e
         network = self.served.network()
         with self._forward_lock, torch.no_grad():
             result_file, result = self.run(path, x, original, network, request)

@@ -29,7 +29,7 @@ import threading
 
 import torch
 
-from cxrfx.errors import ConfigError
+from cxrfx.errors import ConfigError, CXRReadError
 from cxrfx.label.served import ServedBundle
 
 from monailabel.interfaces.tasks.strategy import Strategy  # noqa: I001 (label venv only)
@@ -91,8 +91,14 @@ class ScoredStrategy(Strategy):
         with self._lock, torch.no_grad():
             self.prepare()
             for image_id in images:
-                _, x, _ = self.served.load_image(datastore.get_image_uri(image_id))
+                try:
+                    _, x, _ = self.served.load_image(datastore.get_image_uri(image_id))
+                except CXRReadError as e:  # one unreadable file must not stop everybody's selection
+                    logger.warning(f"{image_id}: skipped by {request.get('strategy')} ({e})")
+                    continue
                 scores[image_id] = float(self.score(x))
+        if not scores:
+            return None
         best = max(scores, key=scores.get)
         logger.info(f"{request.get('strategy')}: {best} (score {scores[best]:.3g}) among {len(scores)} image(s)")
         return {"id": best, "score": scores[best], "scores": scores}
