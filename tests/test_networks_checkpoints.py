@@ -50,9 +50,9 @@ def timm_swin_state_dict(embed_dim, depths, num_heads, window_size, img_size=224
     return sd
 
 
-def reference_features(trunk_sd, cfg, gray, normalization):
+def reference_features(trunk_sd, cfg, gray, normalization, shift_rule="always"):
     """A 3-channel Swin whose weights are set directly, fed the gray image replicated and normalised."""
-    ref = SwinTransformer(in_chans=3, drop_path_rate=0.0, **cfg).eval()
+    ref = SwinTransformer(in_chans=3, drop_path_rate=0.0, shift_rule=shift_rule, **cfg).eval()
     own = ref.state_dict()
     for k, v in trunk_sd.items():
         if k in own:
@@ -86,11 +86,13 @@ def test_ark_teacher_loads_every_trunk_tensor(tmp_path, wrapped):
     assert report.missing_in("backbone.") == []
     assert {"head.weight", "head.bias", "projector.0.weight", "omni_heads.0.weight"} <= set(report.unexpected)
     assert any("imagenet normalisation folded" in a for a in report.adapted)
+    # timm 0.5 leaves stage 4 (7x7 at 224 px, window 7) unshifted: the loaded model follows it
+    assert model.backbone.shift_rule == "timm" and any("shift_rule" in a for a in report.adapted)
     _check_every_trunk_tensor_placed(model, sd)
     gray = torch.rand(2, 1, 224, 224)
     with torch.no_grad():
         ours = model.forward_features(gray)
-    ref = reference_features(sd, TINY, gray, "imagenet")
+    ref = reference_features(sd, TINY, gray, "imagenet", shift_rule="timm")
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
 
@@ -151,7 +153,7 @@ def test_base_ark_checkpoint_round_trip(tmp_path):
     gray = torch.rand(1, 1, 224, 224)
     with torch.no_grad():
         ours = model.forward_features(gray)[-1]
-    ref = reference_features(sd, cfg, gray, "imagenet")[-1]
+    ref = reference_features(sd, cfg, gray, "imagenet", shift_rule="timm")[-1]
     torch.testing.assert_close(ours, ref, atol=5e-4, rtol=1e-4)
 
 

@@ -98,3 +98,46 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients():
     g_plain = plain.layers[2].blocks[1].attn.qkv.weight.grad
     g_ckpt = ckpt.layers[2].blocks[1].attn.qkv.weight.grad
     torch.testing.assert_close(g_plain, g_ckpt, atol=1e-6, rtol=1e-5)
+
+
+def test_conv_stem_keeps_the_stage_strides_and_the_trunk_names():
+    patch = SwinTransformer(in_chans=1, **SMALL)
+    conv = SwinTransformer(in_chans=1, stem="conv", **SMALL).eval()
+    with torch.no_grad():
+        feats = conv(torch.rand(2, 1, 64, 96))
+    assert [tuple(f.shape) for f in feats] == [(2, 24 * 2**i, 64 // 2 ** (i + 2), 96 // 2 ** (i + 2)) for i in range(4)]
+    # only the embedding differs: the trunk's parameter names (and so trunk weights) are shared
+    trunk = {k for k in patch.state_dict() if not k.startswith("patch_embed.")}
+    assert trunk == {k for k in conv.state_dict() if not k.startswith("patch_embed.")}
+    assert any(k.startswith("patch_embed.stem.") for k in conv.state_dict())
+    # unlike the 4x4 linear embedding, the stem's tokens overlap: the last pixel of patch (0, 0) also moves (1, 1)
+    x = torch.zeros(1, 1, 64, 64)
+    y = x.clone()
+    y[0, 0, 3, 3] = 1.0
+    with torch.no_grad():
+        diff = (conv.patch_embed(y) - conv.patch_embed(x)).abs().sum(1)[0]
+    assert diff[1, 1] > 0 and diff[0, 0] > 0 and diff[3, 3] == 0
+    with pytest.raises(ValueError, match="stem must be"):
+        SwinTransformer(stem="resnet", **SMALL)
+    with pytest.raises(ValueError, match="power-of-two"):
+        SwinTransformer(stem="conv", patch_size=3, **SMALL)
+
+
+def test_timm_shift_rule_skips_the_shift_only_where_one_window_covers_the_map():
+    torch.manual_seed(0)
+    cfg = {**SMALL, "window_size": 4}
+    model = SwinTransformer(in_chans=1, **cfg).eval()
+    x = torch.rand(1, 1, 128, 128)  # stage maps 32, 16, 8, 4: only the last fits in one 4x4 window
+    with torch.no_grad():
+        always = model(x)
+        model.shift_rule = "timm"
+        timm_rule = model(x)
+        for blk in model.layers[3].blocks:  # what timm 0.5 does there: every block unshifted
+            blk.shift = 0
+        unshifted = model(x)
+    for i in range(3):
+        assert torch.equal(always[i], timm_rule[i])
+    assert (always[3] - timm_rule[3]).abs().max() > 1e-3
+    assert torch.allclose(timm_rule[3], unshifted[3], atol=1e-6)
+    with pytest.raises(ValueError, match="shift_rule"):
+        model.shift_rule = "never"

@@ -50,6 +50,11 @@ def workflow(bundle: Path, names: list[str], kind: str, bundle_root: Path, **ove
                           bundle_root=str(bundle_root), **{**TINY, **overrides})
 
 
+# Published Ark / Foundation X weights have Swin's patch embedding; the demo backbone's convolutional stem is for
+# training from scratch, so tests that load those formats build the demo network with the patch embedding.
+PATCH_STEM = {"backbone_kwargs#stem": "patch"}
+
+
 def tiny_network(bundle: Path, bundle_root: Path, **overrides) -> torch.nn.Module:
     """The bundle's ``network_def`` (demo override) built without running anything."""
     wf = workflow(bundle, ["inference.json", "demo.json"], "infer", bundle_root, initialize=[], **overrides)
@@ -60,8 +65,10 @@ def tiny_network(bundle: Path, bundle_root: Path, **overrides) -> torch.nn.Modul
 def trunk_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The Swin trunk of ``model`` in the original (Ark / timm 0.5) key layout, with random values."""
     g = torch.Generator().manual_seed(7)
-    return {k[len("backbone."):]: torch.randn(v.shape, generator=g) * 0.02 for k, v in model.state_dict().items()
-            if k.startswith("backbone.")}
+    params = {k for k, _ in model.named_parameters()}
+    # parameters random; buffers (a convolutional stem's BatchNorm statistics) kept valid
+    return {k[len("backbone."):]: torch.randn(v.shape, generator=g) * 0.02 if k in params else v.clone()
+            for k, v in model.state_dict().items() if k.startswith("backbone.")}
 
 
 def ark_checkpoint(model: torch.nn.Module, path: Path) -> dict[str, torch.Tensor]:

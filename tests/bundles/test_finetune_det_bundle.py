@@ -12,7 +12,8 @@ from monai.bundle import verify_metadata
 from cxrfx.networks import build_detector
 from cxrfx.networks.dense_detection import split_dense
 from finetune_helpers import (
-    ROOT, SCHEMA, ark_checkpoint, build_phantom, check_trunk_loaded, check_workflow_properties, cxrfx_checkpoint,
+    PATCH_STEM, ROOT, SCHEMA, ark_checkpoint, build_phantom, check_trunk_loaded, check_workflow_properties,
+    cxrfx_checkpoint,
     export_round_trip, foundation_x_checkpoint, run_bundle, tiny_network, workflow,
 )
 
@@ -49,11 +50,12 @@ def test_workflow_properties(tmp_path, phantom):
 
 @pytest.mark.parametrize("start", ["scratch", "cxrfx", "ark"])
 def test_start_points_load_with_a_report(tmp_path, phantom, capsys, start):
-    net = tiny_network(BUNDLE, tmp_path)
+    published = PATCH_STEM if start == "ark" else {}
+    net = tiny_network(BUNDLE, tmp_path, **published)
     path = tmp_path / "start.pt"
     trunk = {"cxrfx": cxrfx_checkpoint, "ark": ark_checkpoint}[start](net, path) if start != "scratch" else {}
     wf = workflow(BUNDLE, ["train.json", "demo.json"], "train", tmp_path, dataset_dir=str(phantom),
-                  finetune=start != "scratch", finetune_model_path=str(path))
+                  finetune=start != "scratch", finetune_model_path=str(path), **published)
     wf.initialize()
     out = capsys.readouterr().out
     network = wf.parser.get_parsed_content("network_def")

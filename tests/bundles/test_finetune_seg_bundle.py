@@ -9,7 +9,8 @@ import pytest
 from monai.bundle import verify_metadata
 
 from finetune_helpers import (
-    ROOT, SCHEMA, ark_checkpoint, build_phantom, check_trunk_loaded, check_workflow_properties, cxrfx_checkpoint,
+    PATCH_STEM, ROOT, SCHEMA, ark_checkpoint, build_phantom, check_trunk_loaded, check_workflow_properties,
+    cxrfx_checkpoint,
     export_round_trip, foundation_x_checkpoint, run_bundle, tiny_network, workflow,
 )
 
@@ -47,14 +48,16 @@ def test_workflow_properties(tmp_path, phantom):
 
 @pytest.mark.parametrize("start", ["scratch", "cxrfx_student", "cxrfx_teacher", "ark", "foundation_x"])
 def test_start_points_load_with_a_report(tmp_path, phantom, capsys, start):
-    net = tiny_network(BUNDLE, tmp_path)
+    published = PATCH_STEM if start in ("ark", "foundation_x") else {}
+    net = tiny_network(BUNDLE, tmp_path, **published)
     path = tmp_path / "start.pt"
-    overrides: dict = {"finetune": start != "scratch", "finetune_model_path": str(path)}
+    overrides: dict = {"finetune": start != "scratch", "finetune_model_path": str(path), **published}
     if start.startswith("cxrfx"):
         trunk = cxrfx_checkpoint(net, path)
         overrides["finetune_key"] = start.split("_")[1]
         if start == "cxrfx_student":
-            trunk = {k: v + 0.01 for k, v in trunk.items()}  # the student differs from the teacher
+            params = {k[len("backbone."):] for k, _ in net.named_parameters() if k.startswith("backbone.")}
+            trunk = {k: v + 0.01 if k in params else v for k, v in trunk.items()}  # the student's parameters differ
     elif start == "ark":
         trunk = ark_checkpoint(net, path)
     elif start == "foundation_x":

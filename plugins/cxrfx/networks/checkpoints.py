@@ -256,6 +256,10 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, source: str
         raise CheckpointError(f"{path}: no tensor of this {detected} checkpoint fits the model: refusing an empty load "
                               f"({len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched keys)")
     model.load_state_dict(ready, strict=False)
+    backbone = getattr(model, "backbone", None)
+    if detected == "ark" and getattr(backbone, "shift_rule", "timm") != "timm":
+        backbone.shift_rule = "timm"  # Ark's timm 0.5 Swin does not shift a stage that fits in one window
+        report.adapted.append("backbone.shift_rule: 'timm' (no window shift where one window covers the map)")
     report.loaded = sorted(ready)
     report.missing = sorted(k for k in own if k not in ready)
     if strict and report.missing_in("backbone."):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from torch import nn
 
-__all__ = ["SwinTransformer", "SWIN_CONFIGS", "swin"]
+__all__ = ["ConvStem", "SwinTransformer", "SWIN_CONFIGS", "swin"]
 
 SWIN_CONFIGS = {
     "tiny": {"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24)},
@@ -110,23 +110,25 @@ class SwinTransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x: torch.Tensor, hw: tuple[int, int], mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hw: tuple[int, int], mask: torch.Tensor | None,
+                shifted: bool = True) -> torch.Tensor:
         h, w = hw
         b, _, c = x.shape
         ws = self.window
+        shift = self.shift if shifted else 0
         shortcut = x
         x = self.norm1(x).reshape(b, h, w, c)
         pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
         if pad_b or pad_r:  # pad after the norm, as the reference detection backbone does
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         hp, wp = h + pad_b, w + pad_r
-        if self.shift:
-            x = torch.roll(x, (-self.shift, -self.shift), dims=(1, 2))
+        if shift:
+            x = torch.roll(x, (-shift, -shift), dims=(1, 2))
         windows = x.reshape(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, -1, ws * ws, c)
-        windows = self.attn(windows, mask if self.shift else None)
+        windows = self.attn(windows, mask if shift else None)
         x = windows.reshape(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
-        if self.shift:
-            x = torch.roll(x, (self.shift, self.shift), dims=(1, 2))
+        if shift:
+            x = torch.roll(x, (shift, shift), dims=(1, 2))
         x = x[:, :h, :w, :].reshape(b, h * w, c)
         x = shortcut + self.drop_path(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -174,6 +176,7 @@ class BasicLayer(nn.Module):
         super().__init__()
         self.window, self.shift = window, window // 2
         self.use_checkpoint = use_checkpoint
+        self.shift_rule = "always"  # set by SwinTransformer
         self.blocks = nn.ModuleList([
             SwinTransformerBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio, qkv_bias,
                                  drop, attn_drop, drop_path[i])
@@ -184,12 +187,14 @@ class BasicLayer(nn.Module):
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         ws = self.window
         hp, wp = -(-hw[0] // ws) * ws, -(-hw[1] // ws) * ws
-        mask = shifted_window_mask(hp, wp, ws, self.shift, x.device) if len(self.blocks) > 1 else None
+        # timm 0.5 (Ark) turns the shift off where one window covers the whole map (7x7 at 224 px, window 7)
+        shifted = not (self.shift_rule == "timm" and max(hw) <= ws)
+        mask = shifted_window_mask(hp, wp, ws, self.shift, x.device) if len(self.blocks) > 1 and shifted else None
         for blk in self.blocks:
             if self.use_checkpoint and self.training and x.requires_grad:
-                x = checkpoint.checkpoint(blk, x, hw, mask, use_reentrant=False)
+                x = checkpoint.checkpoint(blk, x, hw, mask, shifted, use_reentrant=False)
             else:
-                x = blk(x, hw, mask)
+                x = blk(x, hw, mask, shifted)
         if self.downsample is None:
             return x, x, hw
         return x, self.downsample(x, hw), ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
@@ -209,6 +214,33 @@ class PatchEmbed(nn.Module):
         return self.proj(x)
 
 
+class ConvStem(nn.Module):
+    """Convolutional patch embedding (Xiao et al., "Early convolutions help transformers see better", 2021):
+    3×3 convolutions, the first ``log2(patch)`` with stride 2, then a 1×1 projection to ``dim``. Trained from
+    scratch it keeps the pixel-level detail a single 4×4 linear patch embedding averages away (small, faint
+    lesions for the stride-4 detection level). Not in the published checkpoints: those use ``PatchEmbed``."""
+
+    def __init__(self, patch: int, in_chans: int, dim: int):
+        super().__init__()
+        if patch < 2 or patch & (patch - 1):
+            raise ValueError(f"a convolutional stem needs a power-of-two patch size >= 2, got {patch}")
+        self.patch = patch
+        layers, ch = [], in_chans
+        for i in range(patch.bit_length() - 1):
+            out = dim // 2 ** (patch.bit_length() - 2 - i)
+            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            ch = out
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(ch, dim, kernel_size=1)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % self.patch or w % self.patch:
+            x = F.pad(x, (0, (-w) % self.patch, 0, (-h) % self.patch))
+        return self.proj(self.stem(x))
+
+
 class SwinTransformer(nn.Module):
     """Swin v1 backbone returning the four stage feature maps (B, C_i, H/2^(i+2), W/2^(i+2)).
 
@@ -218,16 +250,25 @@ class SwinTransformer(nn.Module):
             (see :data:`SWIN_CONFIGS`).
         drop_path_rate: stochastic depth at the last block (linear from 0); reference default 0.2.
         use_checkpoint: gradient checkpointing per block (saves memory when training).
+        stem: ``"patch"`` (Swin's 4×4 linear patch embedding; the published weights) or ``"conv"``
+            (:class:`ConvStem`, for backbones trained from scratch on small, faint findings).
+        shift_rule: ``"always"``: every odd block shifts its windows (the detection backbone of DINO and
+            Foundation X); ``"timm"``: no shift in a stage whose map fits in one window, as timm 0.5 builds the
+            classification Swin that Ark was trained with (its stage 4 at 224 px). Settable later
+            (:attr:`shift_rule`); ``load_checkpoint`` sets ``"timm"`` for Ark weights.
     """
 
     def __init__(self, in_chans: int = 1, embed_dim: int = 128, depths: Sequence[int] = (2, 2, 18, 2),
                  num_heads: Sequence[int] = (4, 8, 16, 32), window_size: int = 7, patch_size: int = 4,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.2, use_checkpoint: bool = False):
+                 drop_path_rate: float = 0.2, use_checkpoint: bool = False, stem: str = "patch",
+                 shift_rule: str = "always"):
         super().__init__()
+        if stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
         self.in_chans, self.window_size, self.patch_size = in_chans, window_size, patch_size
         self.num_features = [embed_dim * 2**i for i in range(len(depths))]
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = (PatchEmbed if stem == "patch" else ConvStem)(patch_size, in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList([
@@ -236,7 +277,20 @@ class SwinTransformer(nn.Module):
             for i in range(len(depths))
         ])
         self.norm = nn.LayerNorm(self.num_features[-1])
+        self.shift_rule = shift_rule
         self.apply(self._init_weights)
+
+    @property
+    def shift_rule(self) -> str:
+        return self._shift_rule
+
+    @shift_rule.setter
+    def shift_rule(self, rule: str) -> None:
+        if rule not in ("always", "timm"):
+            raise ValueError(f"shift_rule must be 'always' or 'timm', got {rule!r}")
+        self._shift_rule = rule
+        for layer in self.layers:
+            layer.shift_rule = rule
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
