@@ -33,6 +33,8 @@ ap.add_argument("--eval_split", default="test")
 ap.add_argument("--arm", default="cxrfx")
 ap.add_argument("--lr", type=float, default=1e-3)
 ap.add_argument("--blr", type=float, default=3e-4)
+ap.add_argument("--stem", default="patch")
+ap.add_argument("--embed", type=int, default=32)
 a = ap.parse_args()
 torch.manual_seed(a.seed)
 strides = tuple(int(s) for s in a.strides.split(","))
@@ -41,7 +43,7 @@ if a.anchors == "fit":
     from cxrfx.data.boxes import propose_anchors
     anchors = propose_anchors(a.data, a.size, strides)["shapes"]
     print("anchors", anchors)
-model = FoundationX("tiny", det_heads={"n": 2}, backbone_kwargs=dict(embed_dim=32, depths=(2,2,2,2), num_heads=(1,2,4,8), window_size=8, drop_path_rate=0.1),
+model = FoundationX("tiny", det_heads={"n": 2}, backbone_kwargs=dict(embed_dim=a.embed, depths=(2,2,2,2), num_heads=(1,2,4,8), window_size=8, drop_path_rate=0.1, stem=a.stem),
                     det_channels=64, default_task="det", det_strides=strides, det_anchors=anchors, detector_settings=json.loads(a.settings))
 src = {"n": {"datalist": a.data, "tasks": ["det"]}}
 tr = build_sources(src, "training", a.size, a.bs, train=True, seed=a.seed, cache_rate=1.0)["det/n"]

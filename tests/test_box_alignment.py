@@ -102,3 +102,31 @@ def test_box_follows_rotation(item):
 def test_empty_boxes_keep_shape():
     d = BoxesToArrayAxesd("boxes")({"boxes": []})
     assert tuple(d["boxes"].shape) == (0, 4)
+
+
+def test_detection_training_pipeline_keeps_boxes_on_their_pixels(item):
+    """The det training chain (box-aware zoom, clip, left-right flip, intensity) over many random draws."""
+    from cxrfx.data.pipelines import task_transforms
+
+    pipeline = task_transforms("det", size=64, train=True)
+    centres, widths = [], []
+    for seed in range(24):
+        pipeline.set_random_state(seed)
+        d = pipeline({**item, "mask": None})
+        assert tuple(d["image"].shape) == (1, 64, 64) and d["box_labels"].tolist() == [0]
+        r1, c1, r2, c2 = d["boxes"][0].tolist()  # MONAI axis order
+        _box_pixels_match(d["image"], [c1, r1, c2, r2], tol=2)
+        centres.append((c1 + c2) / 2)
+        widths.append(c2 - c1)
+    assert min(centres) < 32 < max(centres)  # flipped in some draws, not in others
+    assert max(widths) - min(widths) > 1.5  # and zoomed
+
+
+def test_detection_training_pipeline_accepts_an_image_without_boxes(item):
+    from cxrfx.data.pipelines import task_transforms
+
+    pipeline = task_transforms("det", size=64, train=True)
+    for seed in range(6):
+        pipeline.set_random_state(seed)
+        d = pipeline({**item, "boxes": [], "box_labels": []})
+        assert tuple(d["boxes"].shape) == (0, 4) and len(d["box_labels"]) == 0

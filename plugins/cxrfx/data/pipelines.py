@@ -2,8 +2,11 @@
 
 Outputs per item: ``image`` (1, S, S) in [0, 1]; cls: ``label`` float (C,) with -1 kept for unknown;
 seg: ``mask`` (C, S, S) {0, 1}; det: ``boxes`` (N, 4) ``[r1, c1, r2, c2]`` (MONAI axis order) + ``box_labels``.
-No left-right flips: chest anatomy is lateralised (the heart is on the patient's left, and several
-segmentation classes are "left"/"right"), so a flip would teach the wrong anatomy.
+No left-right flips for classification and segmentation: chest anatomy is lateralised (the heart is on the
+patient's left, and several segmentation classes are "left"/"right"), so a flip would teach the wrong anatomy.
+Detection is the exception: a lesion looks the same on either side, so boxes get MONAI's box-aware zoom (scale
+jitter, the boxes clipped to the image) and a left-right flip, which doubles the lesion positions a few
+hundred training images show (the lung-nodule bundle flips all axes).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import torch
 from monai.transforms import (
     Compose, EnsureTyped, RandAdjustContrastd, RandAffined, RandGaussianNoised, SelectItemsd,
 )
+
+from monai.apps.detection.transforms.dictionary import ClipBoxToImaged, RandFlipBoxd, RandZoomBoxd
 
 from cxrfx.data.transforms import BoxesToArrayAxesd, ResizeWithBoxesd
 from cxrfx.io.transforms import LoadCXRd, LoadMaskd, NormalizeCXRd
@@ -42,7 +47,11 @@ def task_transforms(task: str, size: int = 224, mask_classes: Sequence[str] | No
     chain.append(ResizeWithBoxesd("image", (size, size), mask_keys="mask" if task == "seg" else (),
                                   box_keys="boxes" if task == "det" else ()))
     if train:
-        if task != "det":  # small geometric jitter; boxes keep exact geometry (intensity-only augmentation)
+        if task == "det":
+            chain += [RandZoomBoxd("image", "boxes", "image", prob=0.5, min_zoom=0.9, max_zoom=1.15, keep_size=True),
+                      ClipBoxToImaged("boxes", "box_labels", "image", remove_empty=True),
+                      RandFlipBoxd("image", "boxes", "image", prob=0.5, spatial_axis=1)]
+        else:  # small geometric jitter
             chain.append(RandAffined(keys, prob=0.5, rotate_range=0.12, scale_range=0.08, translate_range=0.04 * size,
                                      mode=["bilinear"] + ["nearest"] * (len(keys) - 1), padding_mode="zeros"))
         chain += [RandAdjustContrastd("image", prob=0.3, gamma=(0.8, 1.25)),

@@ -1,0 +1,313 @@
+"""Detection quality: finetune_det's detector against the one a user would pick instead, on a phantom made for it.
+
+Arms, trained from scratch on the same images with the same pipeline (the bundles' ``build_sources``: resize to
+``--size``, box-aware zoom and left-right flip, contrast and noise), batch, iterations or CPU budget, AdamW,
+warm-up + cosine and gradient clipping at 1:
+
+- ``cxrfx``: the network ``bundles/finetune_det`` builds (``configs/train.json`` + ``configs/demo.json``'s
+  backbone: Swin embed 32, depths 2/2/2/2, convolutional stem, window 8 at 256 px), its anchors fitted to the
+  training boxes and its detector settings; the bundle's learning rates.
+- ``monai``: MONAI's ``RetinaNet`` with a ResNet-18 FPN, set up as MONAI's lung-nodule bundle sets up its detector
+  (``det_baseline.py``), base anchor shapes from the same boxes; AdamW 1e-3.
+
+Two budgets per seed: ``--iterations`` (400) and ``--budget-minutes`` (15) of training on the 2 CPU cores,
+counted as process CPU time / 2 so that other jobs on the machine do not move it. Evaluation on the held-out
+validation + test splits (no model selection uses them): AP50 per class and overall, ``map40_fx``, COCO mAP,
+FROC (sensitivity at 1/8 ... 8 false positives per image, IoU >= 0.2 as NODE21, and its mean, the CPM), and per
+conspicuity bin of the lesions' CNR (phantom ``meta.lesions``; < 1 subtle, 1-3 moderate, > 3 conspicuous) the
+AP50 (lesions outside the bin ignored) and the sensitivity at 1 false positive per image.
+
+Every finished (arm, budget, seed) is stored in ``--results`` at once, so a cut run resumes where it stopped.
+``--report`` writes the tables into docs/results.md between this script's markers.
+
+    nice python bench/quality_det.py --seeds 0 1 2            # about 40 min per seed on 2 cores
+    python bench/quality_det.py --report-only                  # tables from the stored runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+BINS = {"subtle": (-np.inf, 1.0), "moderate": (1.0, 3.0), "conspicuous": (3.0, np.inf)}
+BEGIN, END = "<!-- quality_det.py: begin (generated) -->", "<!-- quality_det.py: end -->"
+
+
+def build_phantom(out: Path, count: int, size: int, seed: int) -> str:
+    from cxrfx.data.phantom.writer import generate_phantom
+
+    generate_phantom(str(out), count=count, size=size, seed=seed, datasets=("phantom_det",), verbose=False)
+    return str(out / "phantom_det" / "datalist.json")
+
+
+def cxrfx_arm(datalist: str, size: int, workdir: str):
+    """(network, detector, optimizer) as bundles/finetune_det builds them with its demo backbone."""
+    from monai.bundle import ConfigParser
+
+    from cxrfx.engines import build_optimizer
+    from cxrfx.networks.heads.detection import build_detector
+
+    configs = ROOT / "bundles" / "finetune_det" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "demo.json")])
+    parser.update({"bundle_root": str(ROOT / "bundles" / "finetune_det"), "output_dir": workdir,
+                   "image_size": size, "source_datalist": datalist, "backbone_kwargs#window_size": size // 32})
+    net = parser.get_parsed_content("network_def")
+    optimizer = build_optimizer(net, backbone_lr=parser["backbone_lr"], head_lr=parser["head_lr"], weight_decay=1e-4)
+    head = parser["dataset_name"]
+    return net, lambda: build_detector(net, head), lambda: build_detector(net, head, score_thresh=0.02), optimizer
+
+
+def monai_arm(datalist: str, size: int, workdir: str):
+    from det_baseline import monai_retinanet
+
+    from cxrfx.data.boxes import box_sizes, fit_anchor_shapes
+
+    hw = box_sizes(datalist, size)["hw"]
+    base = [[h, w] for h, w in fit_anchor_shapes(hw, [4], 3, 0.5, 100)[0]]
+    net, det = monai_retinanet(2, base)
+    optimizer = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=1e-4)
+    return net, lambda: det, lambda: det, optimizer
+
+
+ARMS = {"cxrfx": cxrfx_arm, "monai": monai_arm}
+
+
+def cpu_seconds() -> float:
+    """Process CPU time spread over the cores this run uses: wall seconds on quiet cores."""
+    return time.process_time() / max(1, torch.get_num_threads())
+
+
+def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations: int | None,
+          budget_s: float | None) -> dict:
+    from monai.optimizers import WarmupCosineSchedule
+
+    from cxrfx.data.multitask import build_sources
+    from cxrfx.engines.workflow import detection_loss
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    with tempfile.TemporaryDirectory() as workdir:
+        net, train_detector, eval_detector, optimizer = ARMS[arm](datalist, size, workdir)
+    sources = {"lesions": {"datalist": datalist, "tasks": ["det"]}}
+    loader = build_sources(sources, "training", size, batch, train=True, seed=seed, cache_rate=1.0)["det/lesions"]
+    detector = train_detector()
+    # a CPU budget fixes the schedule's length after timing the first iterations
+    total = iterations or 10_000
+    schedule = WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total)
+    start_cpu, start_wall, done, losses = cpu_seconds(), time.perf_counter(), 0, []
+    while done < total:
+        for batch_data in loader:
+            net.train()
+            images = batch_data["image"]
+            targets = [{"boxes": torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4),
+                        "labels": torch.as_tensor(lab, dtype=torch.long).reshape(-1)}
+                       for b, lab in zip(batch_data["boxes"], batch_data["box_labels"])]
+            if arm == "cxrfx":
+                loss = sum(detection_loss(detector, images, net(images, task="det"), targets).values())
+            else:
+                detector.train()
+                loss = sum(detector(images, targets).values())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss))
+            done += 1
+            used = cpu_seconds() - start_cpu
+            if budget_s is not None and done == 10:  # the data are cached by now: set the schedule's length
+                total = max(20, int(budget_s / (used / done)))
+                schedule = WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total,
+                                                last_epoch=done - 1)
+            if done >= total or (budget_s is not None and used >= budget_s):
+                total = done
+                break
+    result = {"iterations": done, "train_cpu_s": round(cpu_seconds() - start_cpu, 1),
+              "train_wall_s": round(time.perf_counter() - start_wall, 1),
+              "final_loss": round(float(np.mean(losses[-20:])), 4)}
+    result.update(evaluate(net, eval_detector(), datalist, size, batch))
+    return result
+
+
+def evaluate(net, detector, datalist: str, size: int, batch: int) -> dict:
+    from cxrfx.data.multitask import build_sources
+    from cxrfx.metrics import FX_IOU_THRESHOLDS, coco_ap, froc, lesion_hits, restrict_to_lesions, sensitivity_at
+
+    items = json.load(open(datalist))
+    cnr = {it["id"]: [les["cnr"] for les in it.get("meta", {}).get("lesions", [])]
+           for split in ("validation", "test") for it in items[split]}
+    sources = {"lesions": {"datalist": datalist, "tasks": ["det"]}}
+    preds, gts, cnrs = [], [], []
+    net.eval()
+    detector.eval()
+    with torch.no_grad():
+        for split in ("validation", "test"):
+            loader = build_sources(sources, split, size, batch, train=False, cache_rate=0.0)["det/lesions"]
+            for b in loader:
+                for out in detector(b["image"]):
+                    preds.append({"boxes": out["boxes"].numpy(), "scores": out["labels_scores"].numpy(),
+                                  "labels": out["labels"].numpy()})
+                for boxes, labels, item_id in zip(b["boxes"], b["box_labels"], b["id"]):
+                    gts.append({"boxes": np.asarray(boxes, float).reshape(-1, 4),
+                                "labels": np.asarray(labels, int).reshape(-1)})
+                    cnrs.append(np.asarray(cnr[item_id], float))
+    coco = coco_ap(preds, gts, [0.5])
+    curve = froc(preds, gts)
+    threshold_1fp = curve["thresholds"][curve["fp_rates"].index(1.0)]
+    scores = lesion_hits(preds, gts)["lesion_scores"]
+    r = {"ap50": coco["map"], "ap50_per_class": coco["per_category"],
+         "map40_fx": float(coco_ap(preds, gts, FX_IOU_THRESHOLDS)["per_threshold"][0]),
+         "coco_map": coco_ap(preds, gts)["map"], "froc": curve["sensitivity"], "cpm": curve["cpm"],
+         "lesions": curve["n_lesions"], "images": len(gts), "bins": {}}
+    for name, (lo, hi) in BINS.items():
+        select = [(c >= lo) & (c < hi) for c in cnrs]
+        n = int(sum(s.sum() for s in select))
+        entry = {"lesions": n, "sens_1fp": sensitivity_at(scores, threshold_1fp, select)}
+        entry["ap50"] = coco_ap(*restrict_to_lesions(preds, gts, select), [0.5])["map"] if n else float("nan")
+        r["bins"][name] = entry
+    select = [c >= 1.0 for c in cnrs]  # the issue's goal: moderate and conspicuous together
+    r["ap50_visible"] = coco_ap(*restrict_to_lesions(preds, gts, select), [0.5])["map"]
+    return r
+
+
+# -------------------------------------------------------------------------------------------- report
+
+def _ms(values) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def report(results: dict, meta: dict) -> str:
+    budgets = sorted({r["budget"] for r in results.values()}, key=lambda b: (b != "iterations", b))
+    lines = [BEGIN, "", f"Phantom `phantom_det` seed {meta['phantom_seed']}, {meta['count']} images at {meta['size']} px "
+             f"(generator version {meta['generator_version']}); evaluated on the {meta['eval_images']} validation + "
+             f"test images ({meta['eval_lesions']} lesions: " +
+             ", ".join(f"{meta['bin_counts'][b]} {b}" for b in BINS) + "). Batch 8, trained from scratch. "
+             "mean ± std over seeds; `n` = seeds run.", "",
+             "Reproduce: `nice python bench/quality_det.py --seeds 0 1 2` (resumes; `--report-only` rewrites this).", ""]
+    for budget in budgets:
+        title = (f"{meta['iterations']} iterations" if budget == "iterations"
+                 else f"{meta['budget_minutes']:g} minutes on the 2 CPU cores (process CPU time / 2)")
+        lines += [f"**Budget: {title}**", "",
+                  "| arm | n | iterations | train min | AP50 | AP50 nodule | AP50 mass | map40_fx | COCO mAP | "
+                  "AP50 CNR ≥ 1 | CPM (FROC) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for arm in ARMS:
+            runs = [r for r in results.values() if r["arm"] == arm and r["budget"] == budget]
+            if not runs:
+                continue
+            pc = [r["ap50_per_class"] for r in runs]
+            lines.append(f"| {arm} | {len(runs)} | {round(statistics.mean(r['iterations'] for r in runs))} | "
+                         f"{statistics.mean(r['train_wall_s'] for r in runs) / 60:.1f} | {_ms([r['ap50'] for r in runs])} | "
+                         f"{_ms([p.get('0', p.get(0, float('nan'))) for p in pc])} | "
+                         f"{_ms([p.get('1', p.get(1, float('nan'))) for p in pc])} | "
+                         f"{_ms([r['map40_fx'] for r in runs])} | {_ms([r['coco_map'] for r in runs])} | "
+                         f"{_ms([r['ap50_visible'] for r in runs])} | {_ms([r['cpm'] for r in runs])} |")
+        lines += ["", "| arm | FROC: sensitivity at " + " / ".join(["1/8", "1/4", "1/2", "1", "2", "4", "8"]) +
+                  " FP per image | " + " | ".join(f"{b}: AP50 / sens. at 1 FP" for b in BINS) + " |",
+                  "|---|---|" + "---|" * len(BINS)]
+        for arm in ARMS:
+            runs = [r for r in results.values() if r["arm"] == arm and r["budget"] == budget]
+            if not runs:
+                continue
+            froc_cells = " / ".join(f"{statistics.mean(r['froc'][i] for r in runs):.2f}" for i in range(7))
+            bins = " | ".join(f"{_ms([r['bins'][b]['ap50'] for r in runs])} / "
+                              f"{_ms([r['bins'][b]['sens_1fp'] for r in runs])}" for b in BINS)
+            lines.append(f"| {arm} | {froc_cells} | {bins} |")
+        lines.append("")
+    per_seed = []
+    for budget in budgets:
+        for seed in sorted({r["seed"] for r in results.values()}):
+            pair = {arm: results.get(f"{arm}/{budget}/{seed}") for arm in ARMS}
+            if all(pair.values()):
+                per_seed.append(f"{budget} seed {seed}: cxrfx {pair['cxrfx']['ap50']:.3f} vs monai "
+                                f"{pair['monai']['ap50']:.3f}")
+    if per_seed:
+        lines += ["AP50 per seed (paired): " + "; ".join(per_seed) + ".", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def write_report(doc: Path, text: str) -> None:
+    current = doc.read_text() if doc.exists() else ""
+    if BEGIN in current and END in current:
+        current = current[:current.index(BEGIN)] + text + current[current.index(END) + len(END):]
+    else:
+        current = current.rstrip("\n") + "\n\n## Detection quality (bench/quality_det.py)\n\n" + text + "\n"
+    doc.write_text(current)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=os.path.expanduser("~/.cache/cxrfx/bench/quality_det"))
+    ap.add_argument("--count", type=int, default=264)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--phantom-seed", type=int, default=1015)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--budgets", nargs="+", default=["iterations", "time"], choices=["iterations", "time"])
+    ap.add_argument("--iterations", type=int, default=400)
+    ap.add_argument("--budget-minutes", type=float, default=15.0)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--results", default=str(HERE / "results" / "quality_det.json"))
+    ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    results_path = Path(a.results)
+    stored = json.loads(results_path.read_text()) if results_path.exists() else {"meta": {}, "runs": {}}
+    datalist = build_phantom(Path(a.data), a.count, a.size, a.phantom_seed)
+    items = json.load(open(datalist))
+    held_out = [it for split in ("validation", "test") for it in items[split]]
+    cnrs = np.array([les["cnr"] for it in held_out for les in it.get("meta", {}).get("lesions", [])])
+    meta = {"phantom_seed": a.phantom_seed, "count": a.count, "size": a.size, "iterations": a.iterations,
+            "budget_minutes": a.budget_minutes, "eval_images": len(held_out), "eval_lesions": len(cnrs),
+            "generator_version": json.load(open(Path(a.data) / "phantom.json"))["params"]["generator_version"],
+            "bin_counts": {b: int(((cnrs >= lo) & (cnrs < hi)).sum()) for b, (lo, hi) in BINS.items()}}
+    if stored["meta"] and {k: stored["meta"].get(k) for k in ("phantom_seed", "count", "size", "generator_version")} \
+            != {k: meta[k] for k in ("phantom_seed", "count", "size", "generator_version")}:
+        print("stored runs are of another phantom: starting afresh")
+        stored = {"meta": {}, "runs": {}}
+    stored["meta"] = meta
+    if not a.report_only:
+        for budget in a.budgets:
+            for seed in a.seeds:
+                for arm in a.arms:
+                    key = f"{arm}/{budget}/{seed}"
+                    if key in stored["runs"]:
+                        continue
+                    print(f"{key} ...", flush=True)
+                    r = train(arm, datalist, a.size, a.batch, seed,
+                              a.iterations if budget == "iterations" else None,
+                              a.budget_minutes * 60 if budget == "time" else None)
+                    r.update(arm=arm, budget=budget, seed=seed)
+                    stored["runs"][key] = r
+                    results_path.parent.mkdir(parents=True, exist_ok=True)
+                    results_path.write_text(json.dumps(stored, indent=1, default=float))
+                    print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
+                          f"{r['iterations']} it, {r['train_wall_s']:.0f} s", flush=True)
+    text = report(stored["runs"], meta)
+    write_report(Path(a.doc), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
