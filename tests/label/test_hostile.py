@@ -43,7 +43,7 @@ def server(tmp_path_factory, label_python, label_env, studies, bundles):
         f.write(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     os.makedirs(tmp / "tmp")
     env = dict(label_env, TMPDIR=str(tmp / "tmp"), CXRFX_LABEL_MAX_UPLOAD_MB="8")
-    srv, url = start_label_server(tmp, label_python, env, str(own), bundles)
+    srv, url = start_label_server(tmp, label_python, env, str(own), bundles, extra=["--limit-concurrency", "24"])
     srv.url, srv.studies, srv.phantom, srv.tmp = url, str(own), studies.rstrip("/") + "_phantom", str(tmp / "tmp")
     yield srv
     srv.stop()
@@ -399,3 +399,22 @@ def test_refusal_reaches_a_browser_client(server):
         urllib.request.urlopen(req, timeout=60)
     assert e.value.code == 404 and "nope" in read_json(e.value.read())["detail"]
     assert e.value.headers.get("access-control-allow-origin") in ("*", "http://viewer.example")
+
+
+def test_connection_bound_answers_503(server):
+    """``--limit-concurrency`` (MONAI Label's / uvicorn's bound): past it a request is answered 503, not queued
+    without end; once connections close, requests are served again."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(server.url)
+    idle = [socket.create_connection((u.hostname, u.port), timeout=30) for _ in range(24)]
+    try:
+        time.sleep(0.5)
+        status, body = http("GET", server.url + "/info/", timeout=60)
+        assert status == 503 and b"Service Unavailable" in body
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(1)
+    assert http("GET", server.url + "/info/")[0] == 200

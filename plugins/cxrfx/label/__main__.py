@@ -1,7 +1,7 @@
 """``python -m cxrfx.label``: prepare and start the MONAI Label server (run with the label venv's python).
 
     python -m cxrfx.label serve [--studies DIR|DICOMWEB_URL] [--app-dir runs/label/app] [--port 8000]
-                                [--configs demo.json] [--conf KEY VALUE ...]
+                                [--configs demo.json] [--conf KEY VALUE ...] [--limit-concurrency N]
     python -m cxrfx.label studies --out DIR [--count 16] [--size 256]
 
 ``serve`` copies each served bundle's configs (and weights, when the bundle has some and the app folder has
@@ -65,6 +65,8 @@ def serve(args: argparse.Namespace) -> None:
     sys.argv = ["monailabel", "start_server", "--app", app_dir, "--studies", studies, "--host", args.host,
                "--port", str(args.port), "--log_level", args.log_level,
                "--uvicorn_app", "cxrfx.label.server:app"]  # MONAI Label's app + cxrfx request validation
+    if args.limit_concurrency:  # uvicorn answers 503 past this many open connections / tasks (MONAI Label's option)
+        sys.argv += ["--limit_concurrency", str(args.limit_concurrency)]
     for key, value in conf:
         sys.argv += ["--conf", key, value]
     Main().run()
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--count", type=int, default=16, help="phantom images per dataset (new studies only)")
     s.add_argument("--size", type=int, default=256, help="phantom image size (new studies only)")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--limit-concurrency", type=int, default=None,
+                   help="answer 503 beyond this many open connections (a bound for a server left running)")
     t = sub.add_parser("studies", help="write phantom studies (PNG + DICOM) into a folder")
     t.add_argument("--out", required=True)
     t.add_argument("--count", type=int, default=16)
