@@ -42,7 +42,7 @@ def server(tmp_path_factory, label_python, label_env, studies, bundles):
     with open(own / "broken_0000.png", "wb") as f:  # put into the folder by hand, not through the API
         f.write(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     os.makedirs(tmp / "tmp")
-    env = dict(label_env, TMPDIR=str(tmp / "tmp"), CXRFX_LABEL_MAX_UPLOAD_MB="8")
+    env = dict(label_env, TMPDIR=str(tmp / "tmp"), CXRFX_LABEL_MAX_UPLOAD_MB="24")
     srv, url = start_label_server(tmp, label_python, env, str(own), bundles, extra=["--limit-concurrency", "24"])
     srv.url, srv.studies, srv.phantom, srv.tmp = url, str(own), studies.rstrip("/") + "_phantom", str(tmp / "tmp")
     yield srv
@@ -63,6 +63,8 @@ def snapshot(server) -> dict:
             p = os.path.join(root, f)
             with open(p, "rb") as fh:
                 out[os.path.relpath(p, server.studies)] = hashlib.sha256(fh.read()).hexdigest()
+    for model in (SEG, DET, CLS):  # the served weights
+        out[f"<weights {model}>"] = hashlib.sha256(http("GET", f"{server.url}/model/{model}")[1]).hexdigest()
     listing = read_json(http("GET", f"{server.url}/datastore/?output=all")[1])
     out["<listing>"] = json.dumps({k: sorted((v.get("labels") or {}).keys())
                                    for k, v in (listing.get("objects") or {}).items()}, sort_keys=True)
@@ -245,13 +247,31 @@ def hostile_cases(server) -> list[tuple[str, object, int, list[str]]]:
          ["bomb.png", "pixels"]),
         ("image upload id with a path", lambda: put_image(server, "x.png", png(np.zeros((64, 64), np.uint8)),
                                                           image_id="..%2Fescape"), 422, ["image", "plain name"]),
-        ("image upload over the size limit", lambda: put_image(server, "big.png", b"\0" * (9 * 1024 * 1024)), 413,
+        ("image upload over the size limit", lambda: put_image(server, "big.png", b"\0" * (25 * 1024 * 1024)), 413,
          ["bytes"]),
+        # PUT / DELETE /model
+        ("weights upload of garbage", lambda: put_model(server, SEG, "w.pt", os.urandom(400)), 422,
+         ["w.pt", "not a PyTorch checkpoint"]),
+        ("weights upload of another model's weights", lambda: put_model(server, SEG, "w.pt", _model_bytes(server, CLS)),
+         422, ["w.pt", "does not fit"]),
+        ("weights upload for unknown model", lambda: put_model(server, "nope", "w.pt", b"x"), 404, ["nope"]),
+        ("weights delete for unknown model", lambda: http("DELETE", f"{server.url}/model/nope"), 404, ["nope"]),
         # DELETE
         ("delete unknown image", lambda: http("DELETE", f"{server.url}/datastore/image?id=ghost"), 404, ["ghost"]),
         ("delete label that does not exist", lambda: http("DELETE", f"{server.url}/datastore/label?id={SEG_IMAGE}"
                                                                     f"&tag=final"), 404, ["label", "final"]),
     ]
+
+
+def put_model(server, model, name, content):
+    body, ctype = multipart({"file": (name, content, "application/octet-stream")})
+    return http("PUT", f"{server.url}/model/{model}", body, {"Content-Type": ctype})
+
+
+def _model_bytes(server, model) -> bytes:
+    status, body = http("GET", f"{server.url}/model/{model}")
+    assert status == 200
+    return body
 
 
 def _form_without_file():
@@ -323,6 +343,10 @@ def test_controls_and_output_types(server):
                 info = read_json(http("GET", server.url + "/info/")[1])["models"][DET]["labels"]
                 for b in result["boxes"]:  # label indices as /info lists them (1-based)
                     assert info[b["class"]] == b["label"] >= 1
+    weights = _model_bytes(server, CLS)  # the served model's own weights are accepted back
+    status, body = put_model(server, CLS, "cls.pt", weights)
+    assert status == 200, body[:300]
+    assert hashlib.sha256(_model_bytes(server, CLS)).digest() == hashlib.sha256(weights).digest()
     status, body = infer(server, SEG, "output=json", files={"file": ("up.png", png(np.full((96, 80), 90, np.uint8)),
                                                                   "image/png")})
     assert status == 200 and read_json(body)["image_size"] == [96, 80]

@@ -35,7 +35,7 @@ import numpy as np
 from fastapi import HTTPException
 
 __all__ = ["ValidationMiddleware", "install", "reject", "check_infer", "check_train", "check_activelearning",
-           "check_label_file", "check_image_file", "check_tag", "MAX_UPLOAD_BYTES", "MAX_PIXELS"]
+           "check_label_file", "check_model_upload", "check_image_file", "check_tag", "MAX_UPLOAD_BYTES", "MAX_PIXELS"]
 
 logger = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = int(float(os.environ.get("CXRFX_LABEL_MAX_UPLOAD_MB", "200")) * 1024 * 1024)
@@ -371,6 +371,34 @@ def check_activelearning(app, strategy: str, params: dict) -> None:
             reject(409, f"strategy {strategy!r}: {problem}")
 
 
+def check_model_upload(app, model: str, path: str | None, filename: str = "file") -> None:
+    """``PUT /model/{model}`` replaces the served weights: a served model, and a PyTorch checkpoint whose tensors
+    all fit the served network (every tensor of it present, no shape mismatch); otherwise nothing is replaced."""
+    task = _infers(app).get(model)
+    if task is None:
+        reject(404, f"model {model!r}: unknown; served models are {sorted(_infers(app))}")
+    if path is None:
+        reject(400, "file: missing (a multipart field 'file' with the weights)")
+    served = getattr(task, "served", None)
+    if served is None:
+        return
+    import torch
+
+    from cxrfx.networks import load_checkpoint
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        reject(422, f"{filename}: not a PyTorch checkpoint of tensors ({type(e).__name__})")
+    try:
+        report = load_checkpoint(served.build_network(), path, source="cxrfx")
+    except Exception as e:  # noqa: BLE001
+        reject(422, f"{filename}: does not load into {model}'s network ({str(e).splitlines()[0][:200]})")
+    if report.mismatched or report.missing or not report.loaded:
+        reject(422, f"{filename}: does not fit {model}'s network (loaded {len(report.loaded)} tensors, missing "
+                    f"{len(report.missing)}, shape-mismatched {len(report.mismatched)})")
+
+
 def check_remove(app, image_id: str, tag: str | None = None) -> None:
     image_path(app, image_id)
     if tag is not None:
@@ -433,6 +461,8 @@ def _route(method: str, path: str, api: str = "") -> tuple[str, str] | None:
         return "batch_infer", parts[2]
     if method == "POST" and parts == ["train"]:
         return "train_all", ""
+    if method in ("PUT", "DELETE") and len(parts) == 2 and parts[0] == "model":
+        return f"model_{method.lower()}", parts[1]
     if parts[:1] == ["datastore"]:
         rest = "/".join(parts[1:])
         if method == "PUT" and rest == "label":
@@ -545,6 +575,12 @@ class ValidationMiddleware:
                 reject(400, "body: expected a JSON object")
             if query.get("images", "unlabeled") not in ("all", "labeled", "unlabeled"):
                 reject(422, f"images: {query['images']!r} is not one of all, labeled, unlabeled")
+        elif kind == "model_put":
+            upload = files.get("file")
+            check_model_upload(app, name, upload[0] if upload else None, upload[1] if upload else "file")
+        elif kind == "model_delete":
+            if name not in _infers(app):
+                reject(404, f"model {name!r}: unknown; served models are {sorted(_infers(app))}")
         elif kind == "train":
             check_train(app, name, json_body if json_body is not None else {})
         elif kind == "train_all":
