@@ -2,7 +2,7 @@
 with a reason naming the parameter and the problem, and none of them changes the datastore.
 
 One server for the module, on its own copy of the phantom studies, its own temporary folder (leak check) and a
-small upload limit (8 MB, so the 413 case stays cheap). The corpus table (case -> status) is printed.
+small upload limit (24 MB, so the 413 case stays cheap). The corpus table (case -> status) is printed.
 """
 
 from __future__ import annotations
