@@ -25,7 +25,7 @@ from cxrfx.packaging.checks import (
     DEFAULT_SCHEMA, MAX_FILE_BYTES, BundleCheckError, check_data_format, check_pins, check_required_files,
     check_schema, check_version, run_workflow_checks, zoo_name,
 )
-from cxrfx.packaging.vendor import add_bootstrap_import, plan_vendoring, write_vendored
+from cxrfx.packaging.vendor import add_bootstrap_import, format_json_file, plan_vendoring, write_vendored
 
 __all__ = ["PackageResult", "package_bundle", "sha256_file", "LARGE_FILES_URL_PLACEHOLDER"]
 
@@ -81,6 +81,9 @@ def _stage(bundle_dir: str, stage: str, weights: str | None, package: str) -> li
     write_vendored(plan, os.path.join(stage, "scripts"))
     for config in configs:
         add_bootstrap_import(config, package=package)
+    for rel in _walk(stage):  # every JSON as the zoo's pretty-format-json hook wants it (vendored data files too)
+        if rel.endswith(".json"):
+            format_json_file(os.path.join(stage, rel))
     if weights:
         os.makedirs(os.path.join(stage, "models"))
         shutil.copyfile(weights, os.path.join(stage, "models", "model.pt"))

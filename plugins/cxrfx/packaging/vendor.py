@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["BOOTSTRAP_IMPORT", "SCRIPTS_INIT", "VendorPlan", "config_references", "plan_vendoring",
-           "write_vendored", "add_bootstrap_import"]
+           "write_vendored", "add_bootstrap_import", "zoo_json", "format_json_file"]
 
 BOOTSTRAP_IMPORT = "$import scripts"
 
@@ -53,6 +53,26 @@ if _loaded is not None and not os.path.abspath(_loaded.__file__).startswith(_HER
 '''
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def zoo_json(obj) -> str:
+    """``obj`` as the Model Zoo's pre-commit ``pretty-format-json`` hook (``--autofix --no-sort-keys
+    --indent=4``) writes it: keys in their order, 4-space indent, ASCII with ``\\uXXXX`` escapes, ``": "``
+    and ``","`` separators, and one final newline (so ``end-of-file-fixer`` passes too)."""
+    return json.dumps(obj, indent=4, ensure_ascii=True, separators=(",", ": ")) + "\n"
+
+
+def format_json_file(path: str) -> bool:
+    """Rewrite the JSON file ``path`` in :func:`zoo_json` form, as the zoo's hook autofixes it (duplicate keys:
+    the last wins, as ``json.load``). Returns True when the bytes changed."""
+    with open(path, encoding="utf-8", newline="") as f:
+        contents = f.read()
+    pretty = zoo_json(json.loads(contents))
+    if contents == pretty:
+        return False
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(pretty)
+    return True
 
 
 @dataclass
@@ -238,7 +258,6 @@ def add_bootstrap_import(config_path: str, package: str = "cxrfx") -> bool:
     if not isinstance(imports, list) or BOOTSTRAP_IMPORT in imports or not config_references([config_path], package):
         return False
     config["imports"] = [BOOTSTRAP_IMPORT] + imports
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=4)
-        f.write("\n")
+    with open(config_path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(zoo_json(config))
     return True
