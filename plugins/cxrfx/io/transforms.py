@@ -187,7 +187,7 @@ class LoadMaskd(MapTransform):
                         f" ({getattr(ref, 'meta', {}).get('filename_or_obj', self.ref_key)})"
                     )
                 if isinstance(ref, MetaTensor):
-                    meta = {k: v for k, v in ref.meta.items()}
+                    meta = dict(ref.meta)
             d[key] = MetaTensor(torch.from_numpy(mask.astype(np.float32)), meta=meta)
         return d
 

@@ -9,7 +9,6 @@ that NIfTI's RAS frame could express.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
