@@ -18,7 +18,7 @@ from cxrfx.packaging.vendor import format_json_file, zoo_json
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
-RUNTIME = {"models", "data", "eval"}  # training runs and phantoms, never shipped (the packager skips them)
+SHIPPED = ("LICENSE", "large_files.yml", "configs", "docs")  # what the packager copies from a bundle folder
 
 
 def hook_format(contents: str) -> str:
@@ -28,9 +28,14 @@ def hook_format(contents: str) -> str:
                       separators=(",", ": ")) + "\n"
 
 
+def _shipped_files() -> list[Path]:
+    """The files of each bundle that go into its archive (not models/, data/, eval/ or other run outputs)."""
+    return sorted(p for top in BUNDLES.glob("*/*") for p in ([top] if top.is_file() else top.rglob("*"))
+                  if p.is_file() and p.relative_to(BUNDLES).parts[1] in SHIPPED)
+
+
 def _bundle_json_files() -> list[Path]:
-    return sorted(p for p in BUNDLES.rglob("*.json")
-                  if not RUNTIME & set(p.relative_to(BUNDLES).parts[1:-1]))
+    return [p for p in _shipped_files() if p.suffix == ".json"]
 
 
 def test_there_are_bundle_json_files_to_check():
@@ -77,3 +82,18 @@ def test_every_json_file_the_packager_writes_is_zoo_pretty(tmp_path):
     assert json.loads(members[f"{result.name}/configs/inference.json"])["imports"][0] == "$import scripts"
     not_pretty = [n for n, text in members.items() if text != hook_format(text)]
     assert not_pretty == []
+
+
+def _bundle_text_files() -> list[Path]:
+    return [p for p in _shipped_files() if p.suffix in {".json", ".md", ".yml", ".yaml", ".conf", ".txt", ""}]
+
+
+def test_every_bundle_text_file_passes_end_of_file_fixer_and_trailing_whitespace():
+    # the zoo's other whitespace hooks, over every shipped text file of the bundles (configs, docs, LICENSE, ...)
+    files = _bundle_text_files()
+    assert any(p.name == "LICENSE" for p in files) and any(p.suffix == ".md" for p in files)
+    bad = [f"{p.relative_to(BUNDLES)}: {why}" for p in files for raw in [p.read_bytes()]
+           for why, failed in [("no single final newline", raw and (not raw.endswith(b"\n") or raw.endswith(b"\n\n"))),
+                               ("trailing whitespace", any(line != line.rstrip() for line in raw.splitlines()))]
+           if failed]
+    assert bad == []
