@@ -39,7 +39,7 @@ def restore_predictions(outputs: Mapping[str, object], original_size: Sequence[i
     for key, value in outputs.items():
         task, name = key.split("/", 1)
         if task == "cls":
-            result[key] = [round(float(v), 6) for v in torch.as_tensor(value).flatten()]
+            result[key] = [float(v) for v in torch.as_tensor(value).flatten()]  # rounded when written
         elif task == "seg":
             probs = F.interpolate(torch.as_tensor(value)[None].float(), size=(h, w), mode="bilinear",
                                   align_corners=False)[0]
@@ -123,10 +123,12 @@ class PredictionWriter:
             task, name = key.split("/", 1)
             if task == "cls":
                 names = list(self.label_names.get(name, [str(i) for i in range(len(value))]))
-                record["heads"][key] = dict(zip(names, value))
+                record["heads"][key] = {n: round(v, 6) for n, v in zip(names, value)}
                 rows.append([source, name] + [f"{n}={v:.4f}" for n, v in zip(names, value)])
                 if self.tables:
-                    decisions = decide(name, record["heads"][key], self.thresholds)
+                    # decided on the exact probability: a calibrated threshold is a validation score, and rounding
+                    # first would turn the image that set it negative under the rule "positive if p >= t"
+                    decisions = decide(name, dict(zip(names, value)), self.thresholds)
                     record.setdefault("decisions", {})[key] = decisions
                     if any(d["positive"] for d in decisions.values()):
                         positives.append(f"{name}:")
