@@ -200,6 +200,12 @@ class BasicLayer(nn.Module):
         return x, self.downsample(x, hw), ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
 
 
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad the bottom and right of (B, C, H, W) so that H and W are multiples of ``multiple``."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple)) if h % multiple or w % multiple else x
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, patch: int, in_chans: int, dim: int):
         super().__init__()
@@ -208,15 +214,13 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if h % self.patch or w % self.patch:
-            x = F.pad(x, (0, (-w) % self.patch, 0, (-h) % self.patch))
+        x = _pad_to_multiple(x, self.patch)
         return self.proj(x)
 
 
 class ConvStem(nn.Module):
     """Convolutional patch embedding (Xiao et al., "Early convolutions help transformers see better", 2021):
-    3×3 convolutions, the first ``log2(patch)`` with stride 2, then a 1×1 projection to ``dim``. Trained from
+    ``log2(patch)`` 3×3 stride-2 convolutions (BatchNorm, ReLU), then a 1×1 projection to ``dim``. Trained from
     scratch it keeps the pixel-level detail a single 4×4 linear patch embedding averages away (small, faint
     lesions for the stride-4 detection level). Not in the published checkpoints: those use ``PatchEmbed``."""
 
@@ -235,9 +239,7 @@ class ConvStem(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if h % self.patch or w % self.patch:
-            x = F.pad(x, (0, (-w) % self.patch, 0, (-h) % self.patch))
+        x = _pad_to_multiple(x, self.patch)
         return self.proj(self.stem(x))
 
 
