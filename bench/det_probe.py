@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from cxrfx.networks import FoundationX
 from cxrfx.networks.heads.detection import build_detector
-from cxrfx.engines.workflow import detection_loss
+from cxrfx.networks.heads.detection import detection_loss
 from cxrfx.engines import build_optimizer
 from cxrfx.data.multitask import build_sources
 from cxrfx.metrics import ap50

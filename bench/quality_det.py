@@ -99,7 +99,7 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
     from monai.optimizers import WarmupCosineSchedule
 
     from cxrfx.data.multitask import build_sources
-    from cxrfx.engines.workflow import detection_loss
+    from cxrfx.networks.heads.detection import detection_loss
 
     torch.manual_seed(seed)
     np.random.seed(seed)

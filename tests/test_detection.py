@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxrfx.data.boxes import anchor_shapes_for, box_sizes, fit_anchor_shapes, propose_anchors
-from cxrfx.engines.workflow import detection_loss
+from cxrfx.networks.heads.detection import detection_loss
 from cxrfx.errors import ConfigError
 from cxrfx.metrics import ap50
 from cxrfx.networks import FoundationX, build_detector

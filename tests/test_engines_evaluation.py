@@ -11,6 +11,7 @@ from torch import nn
 
 from cxrfx.engines import MultiTaskEvaluator, MultiTaskScore
 from cxrfx.engines.checkpointing import CheckpointSaver
+from cxrfx.networks.heads import DEFAULT_HEAD_TYPES, get_head_type
 
 COCO_HALF = 51 / 101  # COCO's 101-point AP when precision is 1 up to recall 0.5 and nothing is found beyond
 
@@ -22,6 +23,9 @@ class Probe(nn.Module):
     def __init__(self, sign: float):
         super().__init__()
         self.sign = nn.Parameter(torch.tensor(float(sign)))
+
+    def head_type(self, task):  # the FoundationX interface the evaluator reads: decoding and targets per task
+        return get_head_type(DEFAULT_HEAD_TYPES[task], task)
 
     def forward(self, x, task, head):
         if task == "cls":

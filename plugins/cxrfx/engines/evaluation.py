@@ -20,13 +20,31 @@ from monai.utils import optional_import
 from torch import nn
 
 from cxrfx.metrics import ap50, dice_fx, dice_global, map40_fx, multilabel_auc
-from cxrfx.networks.heads.detection import build_detector
+from cxrfx.networks.foundation_x import HeadPredictor
+from cxrfx.networks.heads import MAIN_METRIC
 
 Metric, _ = optional_import("ignite.metrics", name="Metric")
 
 __all__ = ["MultiTaskEvaluator", "MultiTaskScore", "SourceChain", "MAIN_METRIC"]
 
-MAIN_METRIC = {"cls": "auc", "det": "ap50", "seg": "dice_fx"}
+
+def _cls_scores(preds: list, targets: list) -> dict[str, float]:
+    return {"auc": multilabel_auc(torch.stack(preds), torch.stack(targets))["auc_all"]}
+
+
+def _seg_scores(preds: list, targets: list) -> dict[str, float]:
+    masks, truth = torch.stack(preds).float(), torch.stack(targets).float()
+    return {"dice_fx": dice_fx(masks, truth), "dice_global": dice_global(masks, truth)}
+
+
+def _det_scores(preds: list, targets: list) -> dict[str, float]:
+    return {"ap50": ap50(preds, targets), "map40_fx": map40_fx(preds, targets)}
+
+
+# the metrics of each task kind (its annotation kind; any head type of the task is scored the same way)
+SCORES = {"cls": _cls_scores, "seg": _seg_scores, "det": _det_scores}
+# what is kept of each image's prediction and target until the epoch ends (masks as booleans: 1/32 the memory)
+_KEEP = {"seg": lambda x: x > 0.5}
 
 
 class SourceChain:
@@ -74,16 +92,7 @@ class MultiTaskScore(Metric):
         scores = {}
         for key, preds in self._preds[model].items():
             task = key.split("/")[0]
-            targets = self._targets[key]
-            if task == "cls":
-                scores[f"{key}/auc"] = multilabel_auc(torch.stack(preds), torch.stack(targets))["auc_all"]
-            elif task == "seg":
-                probs, masks = torch.stack(preds).float(), torch.stack(targets).float()
-                scores[f"{key}/dice_fx"] = dice_fx(probs, masks)
-                scores[f"{key}/dice_global"] = dice_global(probs, masks)
-            else:
-                scores[f"{key}/ap50"] = ap50(preds, targets)
-                scores[f"{key}/map40_fx"] = map40_fx(preds, targets)
+            scores.update({f"{key}/{name}": v for name, v in SCORES[task](preds, self._targets[key]).items()})
         mains = [v for k, v in scores.items() if k.rsplit("/", 1)[1] == MAIN_METRIC[k.split("/")[0]] and np.isfinite(v)]
         scores["mean"] = float(np.mean(mains)) if mains else float("nan")
         return scores
@@ -113,40 +122,31 @@ class MultiTaskEvaluator(Evaluator):
         self.network = network.module if hasattr(network, "module") else network
         self.teacher = teacher
         self.bf16 = bool(amp)
-        self._detectors = {}
-
-    def _detector(self, model: nn.Module, head: str):
-        key = (id(model), head)
-        if key not in self._detectors:
-            self._detectors[key] = build_detector(model, head, score_thresh=0.02)
-        return self._detectors[key]
+        self._predictors: dict = {}
 
     @torch.no_grad()
-    def _predict(self, model: nn.Module, task: str, head: str, images: torch.Tensor):
-        model.eval()
+    def _predict(self, model: nn.Module, task: str, head: str, images: torch.Tensor) -> list:
+        if id(model) not in self._predictors:  # decoders (e.g. anchors) built once per model and head
+            self._predictors[id(model)] = HeadPredictor(model, {"det": {"score_thresh": 0.02}})
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            if task == "det":
-                detector = self._detector(model, head).eval()
-                out = detector(images)
-                return [{"boxes": o["boxes"].float().cpu(), "scores": o["labels_scores"].float().cpu(),
-                         "labels": o["labels"].cpu()} for o in out]
-            logits = model(images, task=task, head=head)
-        probs = torch.sigmoid(logits.float()).cpu()
-        return list(probs > 0.5) if task == "seg" else list(probs)
+            preds = self._predictors[id(model)](images, task, head)
+        return _per_image(preds, _KEEP.get(task))
 
     def _iteration(self, engine, batchdata) -> dict:
         key, batch = batchdata
         task, head = key.split("/", 1)
         images = batch["image"].to(engine.state.device)
-        if task == "cls":
-            target = list(batch["label"].float())
-        elif task == "seg":
-            target = list(batch["mask"] > 0.5)
-        else:
-            target = [{"boxes": torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4),
-                       "labels": torch.as_tensor(lab, dtype=torch.long).reshape(-1)}
-                      for b, lab in zip(batch["boxes"], batch["box_labels"])]
+        target = _per_image(self.network.head_type(task).targets(batch), _KEEP.get(task))
         output = {"key": key, "target": target, "student": self._predict(self.network, task, head, images),
                   "teacher": self._predict(self.teacher, task, head, images) if self.teacher is not None else None}
         engine.state.output = output
         return output
+
+
+def _per_image(batch_values, keep=None) -> list:
+    """A batch's predictions or targets as one CPU item per image (float tensors, boxes as float32)."""
+    items = list(batch_values)
+    if items and isinstance(items[0], Mapping):
+        return [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in item.items()} for item in items]
+    items = [x.float().cpu() if x.is_floating_point() else x.cpu() for x in items]
+    return [keep(x) for x in items] if keep else items

@@ -20,7 +20,7 @@ from monai.transforms import Resized
 from cxrfx.errors import CXRReadError
 from cxrfx.io.loader import list_images
 from cxrfx.io.transforms import LoadCXRd, NormalizeCXRd
-from cxrfx.networks.heads.detection import build_detector
+from cxrfx.networks.foundation_x import HeadPredictor
 from cxrfx.outputs.predictions import PredictionWriter, restore_predictions
 
 __all__ = ["MultiTaskPredictor", "prediction_dataset"]
@@ -72,7 +72,7 @@ class MultiTaskPredictor(Evaluator):
         self.network = network.module if hasattr(network, "module") else network
         self.writer, self.image_size = writer, image_size
         self.det_classes = dict(det_classes or {})
-        self.detectors = {name: build_detector(self.network, name, score_thresh=0.05) for name in self.network.det_heads}
+        self.predictor = HeadPredictor(self.network, {"det": {"score_thresh": 0.05}})
         self.failures: list[str] = []
         self.run_log = logging.getLogger("cxrfx.predict")  # ignite keeps its own self.logger
 
@@ -83,23 +83,16 @@ class MultiTaskPredictor(Evaluator):
             self.run_log.error(f"skipped {item['error']}")
             engine.state.output = {"path": item["path"], "error": item["error"]}
             return engine.state.output
-        self.network.eval()
         image = item["image"][None].to(engine.state.device)
-        outputs = {}
-        feats = self.network.forward_features(image)
-        if len(self.network.cls_heads):
-            pooled = self.network.pooled_feature(feats)
-            outputs.update({f"cls/{k}": torch.sigmoid(h(pooled))[0].cpu() for k, h in self.network.cls_heads.items()})
-        if len(self.network.seg_heads):
-            fused = self.network.seg_features(feats)
-            outputs.update({f"seg/{k}": torch.sigmoid(h(fused, image.shape[-2:]))[0].cpu()
-                            for k, h in self.network.seg_heads.items()})
-        for name, detector in self.detectors.items():
-            det = detector.eval()(image)[0]
-            outputs[f"det/{name}"] = {"boxes": det["boxes"].cpu(), "labels": det["labels"].cpu(),
-                                      "scores": det["labels_scores"].cpu()}
+        outputs = {k: _first(v) for k, v in self.predictor.all(image).items()}  # one backbone pass, every head
         result = restore_predictions(outputs, item["original"].shape, (self.image_size, self.image_size),
                                      self.det_classes)
         path = self.writer.write(item["path"], item["original"], result)
         engine.state.output = {"path": item["path"], "json": path}
         return engine.state.output
+
+
+def _first(batch_predictions):
+    """The first image's predictions, on the CPU."""
+    first = batch_predictions[0]
+    return {k: v.cpu() for k, v in first.items()} if isinstance(first, Mapping) else first.cpu()

@@ -1,7 +1,8 @@
 """``MultiTaskTrainer``: MONAI's SupervisedTrainer running one Lock-Release step's task per iteration.
 
 Each iteration reads the current step (``engine.state.cxrfx_step``, set by :class:`LockReleaseHandler`), runs
-the backbone once, that task's shared part and head, the task loss, and, with a teacher, the consistency
+the backbone once, that task's shared part and head, the head type's loss (its ``criterion``, from the head
+registry), and, with a teacher, the consistency
 term on the same image: ``loss = (1 - w) * task + w * consistency`` (paper: w = 0.5). Consistency
 features: the pooled embedding (cls), the fused UperNet map (seg), the neck levels (det); the student side
 keeps its gradient unless ``det_consistency_gradient=False`` (the reference code's behaviour for
@@ -15,26 +16,14 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import torch
-from monai.apps.detection.utils.detector_utils import check_training_targets
 from monai.engines import SupervisedTrainer
 from torch import nn
 
 from cxrfx.engines.lock_release import LockReleaseHandler, freeze_norm_statistics
-from cxrfx.engines.losses import DiceBCELoss, MaskedBCEWithLogitsLoss, consistency_loss
+from cxrfx.engines.losses import consistency_loss
 from cxrfx.errors import ConfigError
-from cxrfx.networks.heads.detection import build_detector
 
-__all__ = ["MultiTaskTrainer", "detection_loss"]
-
-
-def detection_loss(detector, images: torch.Tensor, head_outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
-    """RetinaNet losses from already-computed head maps (the detector's own forward would rerun the network)."""
-    targets = check_training_targets(images, targets, detector.spatial_dims, detector.target_label_key,
-                                     detector.target_box_key)
-    detector.generate_anchors(images, head_outputs)
-    num_locs = [x.shape[2:].numel() for x in head_outputs[detector.cls_key]]
-    maps = {k: detector._reshape_maps(head_outputs[k]) for k in (detector.cls_key, detector.box_reg_key)}
-    return detector.compute_loss(maps, targets, detector.anchors, num_locs)
+__all__ = ["MultiTaskTrainer"]
 
 
 class MultiTaskTrainer(SupervisedTrainer):
@@ -51,6 +40,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         nonfinite: on a NaN / infinite loss, ``"skip"`` the update (logged, counted) or ``"stop"`` the run after
             skipping it (so the weights a final checkpoint saves are the last good ones).
         train_handlers: further ignite handlers (teacher, checkpoints, logging, LR schedule, validation).
+        seg_loss, cls_loss: loss modules replacing the head types' own (Dice + BCE, masked BCE).
     """
 
     def __init__(self, device: str | torch.device, max_epochs: int, network: nn.Module,
@@ -60,7 +50,7 @@ class MultiTaskTrainer(SupervisedTrainer):
                  seg_loss: nn.Module | None = None, cls_loss: nn.Module | None = None, nonfinite: str = "skip",
                  **kwargs):
         super().__init__(device=device, max_epochs=max_epochs, train_data_loader=lock_release.data, network=network,
-                         optimizer=optimizer, loss_function=cls_loss or MaskedBCEWithLogitsLoss(),
+                         optimizer=optimizer, loss_function=cls_loss,
                          epoch_length=lock_release.cycle_length, train_handlers=train_handlers, amp=False,
                          decollate=False, optim_set_to_none=True, **kwargs)
         lock_release.attach(self)
@@ -81,10 +71,11 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.state.skipped_steps = self.state.skipped_samples = 0
         self.state_dict_user_keys.extend(["skipped_steps", "skipped_samples"])
         self.run_log = logging.getLogger("cxrfx.trainer")  # not self.logger: that is ignite's engine logger
-        self.seg_loss = seg_loss or DiceBCELoss()
+        self.task_losses = {"cls": cls_loss, "seg": seg_loss}  # None: the head type's own loss
         model = network.module if hasattr(network, "module") else network
         self.model = model
-        self.detectors = {name: build_detector(model, name) for name in model.det_heads}
+        self.criteria = {(task, name): model.head_type(task).criterion(model, name, self.task_losses.get(task))
+                         for task in ("cls", "seg", "det") for name in model.heads(task)}
 
     @property
     def skipped_steps(self) -> int:
@@ -101,14 +92,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         super().load_state_dict({"skipped_steps": 0, "skipped_samples": 0, **state_dict})
 
     def _task_loss(self, task: str, head: str, out, images: torch.Tensor, batch: Mapping) -> torch.Tensor:
-        if task == "cls":
-            return self.loss_function(out, batch["label"].to(self.state.device))
-        if task == "seg":
-            return self.seg_loss(out, batch["mask"].to(self.state.device))
-        targets = [{"boxes": torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4).to(self.state.device),
-                    "labels": torch.as_tensor(lab, dtype=torch.long).reshape(-1).to(self.state.device)}
-                   for b, lab in zip(batch["boxes"], batch["box_labels"])]
-        return sum(detection_loss(self.detectors[head], images, out, targets).values())
+        return self.criteria[(task, head)](out, images, batch)
 
     def _iteration(self, engine, batchdata: Mapping) -> dict:
         step = engine.state.cxrfx_step
@@ -147,9 +131,9 @@ class MultiTaskTrainer(SupervisedTrainer):
                 loss = (1 - self.consistency_weight) * task_loss + self.consistency_weight * consistency
         if not torch.isfinite(loss.detach()):
             engine.state.skipped_steps += 1
-            self.run_log.error(f"non-finite loss ({float(loss.detach())}) at iteration {engine.state.iteration}, dataset "
-                              f"{step.dataset}, task {step.task} ({step.phase}): update skipped"
-                              + ("; stopping the run" if self.nonfinite == "stop" else ""))
+            stop = "; stopping the run" if self.nonfinite == "stop" else ""
+            self.run_log.error(f"non-finite loss ({float(loss.detach())}) at iteration {engine.state.iteration}, "
+                               f"dataset {step.dataset}, task {step.task} ({step.phase}): update skipped{stop}")
             engine.optimizer.zero_grad(set_to_none=True)
             engine.state.output = {"loss": loss.detach(), "task_loss": task_loss.detach(),
                                    "consistency": consistency.detach(), "step": step.key, "phase": step.phase,
@@ -165,4 +149,3 @@ class MultiTaskTrainer(SupervisedTrainer):
         engine.state.output = {"loss": loss.detach(), "task_loss": task_loss.detach(),
                                "consistency": consistency.detach(), "step": step.key, "phase": step.phase}
         return engine.state.output
-

@@ -83,18 +83,13 @@ def network_outputs(network: torch.nn.Module, x: torch.Tensor, shift: int = 4) -
     H, W), as (m, n) tensors: segmentation maps shifted back onto the original pixels (all copies),
     classification labels (all copies), detection anchor scores (the copies without a shift: anchors sit on
     stride-8+ grids that a 4-pixel shift does not map onto)."""
-    seg, cls, det = [], [], []
+    found: dict[str, list[torch.Tensor]] = {"seg": [], "cls": [], "det": []}
     for xa, back, shifted in augmented_copies(x, shift):
-        feats = network.forward_features(xa)
-        if len(network.cls_heads):
-            pooled = network.pooled_feature(feats)
-            cls.append(torch.cat([torch.sigmoid(h(pooled)).flatten() for h in network.cls_heads.values()]))
-        if len(network.seg_heads):
-            fused = network.seg_features(feats)
-            seg.append(torch.cat([back(torch.sigmoid(h(fused, x.shape[-2:]))).flatten()
-                                  for h in network.seg_heads.values()]))
-        if len(network.det_heads) and not shifted:
-            levels = network.det_features(feats)
-            det.append(torch.cat([torch.sigmoid(m).flatten() for h in network.det_heads.values()
-                                  for m in h(levels)["classification"]]))
-    return [torch.stack(p) for p in (seg, cls, det) if p]
+        parts: dict[str, list[torch.Tensor]] = {}
+        for key, out in network.forward_all(xa, tasks=("cls", "seg") if shifted else ("cls", "seg", "det")).items():
+            task = key.split("/")[0]
+            parts.setdefault(task, []).extend((back(p) if task == "seg" else p).flatten()
+                                              for p in network.head_type(task).probabilities(out))
+        for task, p in parts.items():
+            found[task].append(torch.cat(p))
+    return [torch.stack(p) for p in found.values() if p]

@@ -46,12 +46,25 @@ BOX_FORMAT = "cxrfx-boxes-v1"
 
 
 class CXRInferTask(InferTask):
-    """Common part: a :class:`ServedBundle`, one forward at a time, timing in the JSON."""
+    """Common part: a :class:`ServedBundle`, one forward at a time, timing in the JSON; predictions through the
+    head registry's :class:`~cxrfx.networks.foundation_x.HeadPredictor` (``predictor``), whatever the head type."""
+
+    #: decoder settings per task (``HeadPredictor``)
+    decoder_settings: dict = {}
 
     def __init__(self, served: ServedBundle, type: str, labels, description: str, config: dict | None = None):
         super().__init__(type=type, labels=labels, dimension=2, description=description, config=config or {})
         self.served = served
         self._forward_lock = threading.Lock()  # two CPU cores: concurrent forwards only oversubscribe them
+        self._predictor = None
+
+    def predictor(self, network):
+        """The served network's predictor, rebuilt when the weights were reloaded (a new network object)."""
+        from cxrfx.networks.foundation_x import HeadPredictor
+
+        if self._predictor is None or self._predictor.model is not network:
+            self._predictor = HeadPredictor(network, self.decoder_settings)
+        return self._predictor
 
     def is_valid(self) -> bool:
         return os.path.isdir(self.served.bundle)
@@ -103,7 +116,7 @@ class SegmentationTask(CXRInferTask):
         from cxrfx.io.loader import detect_format
         from cxrfx.outputs.predictions import restore_predictions
 
-        probs = torch.sigmoid(network(x, task="seg", head=self.head))[0].cpu()
+        probs = self.predictor(network)(x, "seg", self.head)[0].cpu()
         masks = restore_predictions({f"seg/{self.head}": probs}, original.shape, x.shape[-2:])[f"seg/{self.head}"]
         index = np.zeros(original.shape, np.uint8)
         for k, m in enumerate(masks):
@@ -133,6 +146,8 @@ class SegmentationTask(CXRInferTask):
 class DetectionTask(CXRInferTask):
     """Boxes of the bundle's ``classes`` (one det head) in the documented JSON format."""
 
+    decoder_settings = {"det": {"score_thresh": 0.0}}  # the request's score_threshold filters
+
     def __init__(self, served: ServedBundle):
         classes = list(served.get("classes"))
         self.head = served.get("dataset_name")
@@ -140,19 +155,13 @@ class DetectionTask(CXRInferTask):
                          f"2D CXR detection ({', '.join(classes)}) from {os.path.basename(served.bundle)}",
                          config={"score_threshold": 0.05})
         self.classes = classes
-        self._detector = None
-        self._detector_net = None
 
     def run(self, path, x, original, network, request):
-        from cxrfx.networks.heads.detection import build_detector
         from cxrfx.outputs.predictions import restore_predictions
 
-        if self._detector_net is not network:  # rebuilt after the weights were reloaded
-            self._detector, self._detector_net = build_detector(network, self.head, score_thresh=0.0), network
-        det = self._detector.eval()(x)[0]
+        det = self.predictor(network)(x, "det", self.head)[0]
         key = f"det/{self.head}"
-        boxes = restore_predictions({key: {"boxes": det["boxes"].cpu(), "labels": det["labels"].cpu(),
-                                           "scores": det["labels_scores"].cpu()}},
+        boxes = restore_predictions({key: {k: v.cpu() for k, v in det.items()}},
                                     original.shape, x.shape[-2:], {self.head: self.classes})[key]
         h, w = original.shape
         threshold = float(request.get("score_threshold", self._config["score_threshold"]))
@@ -189,10 +198,9 @@ class ClassificationTask(CXRInferTask):
     def run(self, path, x, original, network, request):
         from cxrfx.outputs.tables import decide
 
-        feats = network.forward_features(x)
-        pooled = network.pooled_feature(feats)
+        probs = self.predictor(network).all(x, tasks=("cls",))  # one backbone pass for every head
         out = {}
         for head, labels in self.heads.items():
-            p = torch.sigmoid(network.cls_heads[head](pooled))[0].tolist()
+            p = probs[f"cls/{head}"][0].tolist()
             out[head] = decide(head, dict(zip(labels, (round(v, 6) for v in p))), self.thresholds)
         return None, {"heads": json.loads(json.dumps(out))}

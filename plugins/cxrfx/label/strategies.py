@@ -40,19 +40,10 @@ logger = logging.getLogger(__name__)
 
 
 def sigmoid_outputs(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Every classification and segmentation head's sigmoid output of ``network`` on ``x``, flattened."""
-    feats = network.forward_features(x)
+    """Every head's per-location class probabilities (``HeadType.probabilities``) of ``network`` on ``x``, flattened."""
     parts = []
-    if len(network.cls_heads):
-        pooled = network.pooled_feature(feats)
-        parts += [torch.sigmoid(h(pooled)).flatten() for h in network.cls_heads.values()]
-    if len(network.seg_heads):
-        fused = network.seg_features(feats)
-        parts += [torch.sigmoid(h(fused, x.shape[-2:])).flatten() for h in network.seg_heads.values()]
-    if len(network.det_heads):
-        levels = network.det_features(feats)
-        for h in network.det_heads.values():
-            parts += [torch.sigmoid(m).flatten() for m in h(levels)["classification"]]
+    for key, out in network.forward_all(x).items():  # one backbone pass, every head whatever its type
+        parts += [p.flatten() for p in network.head_type(key.split("/")[0]).probabilities(out)]
     return torch.cat(parts)
 
 

@@ -1,7 +1,9 @@
 """The Foundation X network: one Swin backbone, per-dataset classification / segmentation / detection heads.
 
 ``FoundationX(x, task="seg", head="jsrt")`` runs the backbone and only the parts that task needs (the
-UperNet decoder and one head); ``forward_all`` computes every head from one backbone pass. The model's
+task's shared decoder or neck and one head); ``forward_all`` computes every head from one backbone pass. What a
+task's heads are is a *head type* from ``cxrfx.networks.heads`` (``head_types``; default UperNet for masks,
+RetinaNet for boxes), and :class:`HeadPredictor` turns any head's output into its task's prediction form. The model's
 input contract is the project's: (B, 1, H, W) in [0, 1] (see ``cxrfx.io.transforms``), H and W multiples of
 32; it standardises internally with ``input_mean`` / ``input_std`` (checkpoints trained on 3-channel
 normalised input are folded into the first conv on load, see ``checkpoints.py``).
@@ -17,15 +19,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from cxrfx.networks.heads.anchors import DetectionAnchors
-from cxrfx.networks.heads.classification import ClassificationHead
-from cxrfx.networks.heads.detection import DetectionNeck, RetinaHead
-from cxrfx.networks.heads.segmentation import SegmentationHead, UperNetDecoder
+from cxrfx.networks.heads import DEFAULT_HEAD_TYPES, TASKS, get_head_type
 from cxrfx.networks.swin import swin
 
-__all__ = ["FoundationX", "TaskNet", "TASKS", "parameter_counts"]
+__all__ = ["FoundationX", "TaskNet", "HeadPredictor", "TASKS", "parameter_counts"]
 
-TASKS = ("cls", "seg", "det")
+# constructor arguments that configure the default head types (kept: configs and checkpoints' configs use them)
+_LEGACY_OPTIONS = {"upernet": {"seg_channels": "channels", "psp_channels": "psp_channels",
+                               "shared_fpn_smoothing": "shared_smoothing"},
+                   "retinanet": {"det_channels": "channels", "det_strides": "strides", "det_anchors": "shapes",
+                                 "num_anchors": "num_anchors"}}
 
 
 class FoundationX(nn.Module):
@@ -38,18 +41,20 @@ class FoundationX(nn.Module):
         dropout: dropout before every head (MC-dropout for MONAI Label's epistemic scoring).
         input_mean, input_std: standardisation applied to the [0, 1] input (chest X-ray statistics of
             Foundation X's classification contract by default).
-        num_anchors: anchors per location of the detection heads when ``det_anchors`` is None (RetinaNet-style
-            default shapes; a checkpoint's fitted shapes replace them on load).
-        det_strides: detection pyramid levels: (8, 16, 32, 64) RetinaNet's P3-P6 (default), (4, 8, 16, 32) with
-            the stride-4 level small lesions need.
-        det_anchors: anchor (height, width) per anchor per level, e.g. from ``cxrfx.data.propose_anchors``; kept
-            in the model (``det_anchors.shapes``) and its checkpoints.
+        head_types: head type per task (registered names, ``cxrfx.networks.heads``); default ``linear`` /
+            ``upernet`` / ``retinanet``.
+        head_options: options per task for its head type (the type's ``defaults`` keys), e.g.
+            ``{"seg": {"channels": 64}}``; they override the arguments below.
+        seg_channels, psp_channels, shared_fpn_smoothing: ``upernet`` decoder widths (Foundation X: 128, 1024) and
+            the reference code's single shared FPN smoothing conv.
+        det_channels, det_strides, det_anchors, num_anchors: ``retinanet`` neck width (256), pyramid levels ((8, 16,
+            32, 64) RetinaNet's P3-P6; (4, 8, 16, 32) with the stride-4 level small lesions need), anchor (height,
+            width) per anchor per level (e.g. from ``cxrfx.data.propose_anchors``; kept in ``det_anchors.shapes``
+            and the checkpoints), anchors per location when ``det_anchors`` is None.
         detector_settings: matching / sampling / post-processing settings every ``build_detector`` of this model
             uses (keys of ``cxrfx.networks.heads.detection.DETECTOR_DEFAULTS``).
-        backbone_kwargs: overrides for :class:`SwinTransformer` (window_size, drop_path_rate,
+        backbone_kwargs: overrides for :class:`SwinTransformer` (window_size, drop_path_rate, stem,
             use_checkpoint, embed_dim, depths, num_heads, ...).
-        seg_channels, psp_channels, det_channels: decoder / neck widths (Foundation X: 128, 1024, 256).
-        shared_fpn_smoothing: reproduce the reference code's single shared FPN smoothing conv.
         default_task, default_head: what ``forward(x)`` computes without a task (a bundle's ``pred``).
     """
 
@@ -60,31 +65,45 @@ class FoundationX(nn.Module):
                  psp_channels: int = 1024, det_channels: int = 256, shared_fpn_smoothing: bool = False,
                  default_task: str = "cls", default_head: str | None = None,
                  det_strides: Sequence[int] = (8, 16, 32, 64), det_anchors: Sequence | None = None,
-                 detector_settings: Mapping | None = None):
+                 detector_settings: Mapping | None = None, head_types: Mapping[str, str] | None = None,
+                 head_options: Mapping[str, Mapping] | None = None):
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.backbone = swin(backbone, in_chans=in_chans, **dict(backbone_kwargs or {}))
         self.register_buffer("input_mean", torch.tensor(float(input_mean)))
         self.register_buffer("input_std", torch.tensor(float(input_std)))
-        dims = self.backbone.num_features
-        self.cls_heads = nn.ModuleDict({k: ClassificationHead(dims[-1], n, dropout) for k, n in (cls_heads or {}).items()})
-        self.seg_decoder = (UperNetDecoder(dims, seg_channels, psp_channels, shared_smoothing=shared_fpn_smoothing)
-                            if seg_heads else None)
-        self.seg_heads = nn.ModuleDict({k: SegmentationHead(seg_channels, n, dropout) for k, n in (seg_heads or {}).items()})
-        self.det_neck = DetectionNeck(dims, det_channels, det_strides) if det_heads else None
-        self.det_anchors = DetectionAnchors(det_strides, det_anchors, num_anchors) if det_heads else None
-        self.det_heads = nn.ModuleDict(
-            {k: RetinaHead(det_channels, self.det_anchors.num_anchors, n, dropout) for k, n in (det_heads or {}).items()}
-        )
+        unknown = set(head_types or {}) - set(TASKS) | set(head_options or {}) - set(TASKS)
+        if unknown:
+            raise ValueError(f"head_types / head_options are per task {TASKS}, got {sorted(unknown)}")
+        self.head_types = {**DEFAULT_HEAD_TYPES, **dict(head_types or {})}
         self.detector_settings = dict(detector_settings or {})
+        dims = self.backbone.num_features
+        for task, heads in (("cls", cls_heads), ("seg", seg_heads), ("det", det_heads)):
+            head_type = get_head_type(self.head_types[task], task)
+            legacy = {option: self.config[arg] for arg, option in _LEGACY_OPTIONS.get(head_type.name, {}).items()}
+            options = head_type.options({**legacy, **dict((head_options or {}).get(task) or {})})
+            shared = head_type.build_shared(dims, options) if heads else {}
+            for attribute in head_type.shared_attributes:  # None without heads: no parameters, no state-dict keys
+                setattr(self, attribute, shared.get(attribute))
+            self.add_module(f"{task}_heads", nn.ModuleDict(
+                {k: head_type.build_head(self, int(n), dropout, options) for k, n in (heads or {}).items()}))
+        for attribute in ("seg_decoder", "det_neck", "det_anchors"):  # read by parameter_counts and older callers
+            if not hasattr(self, attribute):
+                setattr(self, attribute, None)
         self.size_divisible = self.backbone.stride
         self.default_task, self.default_head = default_task, default_head
+
+    def head_type(self, task: str):
+        """The :class:`~cxrfx.networks.heads.HeadType` of one task."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        return get_head_type(self.head_types[task], task)
 
     def heads(self, task: str) -> nn.ModuleDict:
         """The ModuleDict of one task's heads."""
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        return {"cls": self.cls_heads, "seg": self.seg_heads, "det": self.det_heads}[task]
+        return getattr(self, f"{task}_heads")
 
     def _head(self, task: str, head: str | None) -> str:
         names = list(self.heads(task))
@@ -104,63 +123,87 @@ class FoundationX(nn.Module):
         """(B, C) pooled embedding: the classification heads' input and the consistency feature."""
         return self.backbone.pooled(feats[-1])
 
+    def task_features(self, feats: list[torch.Tensor], task: str):
+        """The shared part of one task on the backbone stage maps (pooled vector, fused map, neck levels...)."""
+        if not len(self.heads(task)):
+            raise ValueError(f"this model has no {task} heads")
+        return self.head_type(task).shared_forward(self, feats)
+
     def seg_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """(B, seg_channels, H/4, W/4) fused UperNet map shared by the segmentation heads."""
-        if self.seg_decoder is None:
-            raise ValueError("this model has no segmentation heads")
-        return self.seg_decoder(feats)
+        """The segmentation heads' shared map (``task_features(feats, "seg")``)."""
+        return self.task_features(feats, "seg")
 
     def det_features(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Neck levels (``det_strides``) shared by the detection heads."""
-        if self.det_neck is None:
-            raise ValueError("this model has no detection heads")
-        return self.det_neck(feats)
+        """The detection heads' shared levels (``task_features(feats, "det")``)."""
+        return self.task_features(feats, "det")
 
     def shared_features(self, x: torch.Tensor, task: str):
         """The task's shared feature alone (pooled vector, fused map or neck levels), without any head: what
         the teacher contributes to the consistency loss (a RetinaNet head costs a third of the backbone)."""
-        feats = self.forward_features(x)
-        if task == "cls":
-            return self.pooled_feature(feats)
-        return self.seg_features(feats) if task == "seg" else self.det_features(feats)
+        return self.task_features(self.forward_features(x), task)
 
     def forward(self, x: torch.Tensor, task: str | None = None, head: str | None = None,
                 return_features: bool = False):
-        """One task of one dataset: cls -> (B, C) logits; seg -> (B, C, H, W) logits; det -> head maps.
+        """One task of one dataset: the head's raw output (cls (B, C) logits; seg (B, C, H, W) logits; det the
+        head's maps), computed from the backbone, the task's shared part and that head only.
 
         Without ``task`` the model's ``default_task`` / ``default_head`` (what a bundle's ``pred`` is).
-        ``return_features``: also return the task's shared feature (pooled vector, fused map or neck levels),
-        so training computes output and consistency target in one (DDP-synchronised) forward call.
+        ``return_features``: also return the task's shared feature, so training computes output and
+        consistency target in one (DDP-synchronised) forward call.
         """
         if task is None:
             task, head = self.default_task, head or self.default_head
         name = self._head(task, head)
-        feats = self.forward_features(x)
-        if task == "cls":
-            shared = self.pooled_feature(feats)
-            out = self.cls_heads[name](shared)
-        elif task == "seg":
-            shared = self.seg_features(feats)
-            out = self.seg_heads[name](shared, x.shape[-2:])
-        else:
-            shared = self.det_features(feats)
-            out = self.det_heads[name](shared)
+        shared = self.task_features(self.forward_features(x), task)
+        out = self.head_type(task).head_forward(self.heads(task)[name], shared, x.shape[-2:])
         return (out, shared) if return_features else out
 
-    def forward_all(self, x: torch.Tensor) -> dict[str, object]:
-        """Every head's output from one backbone pass: keys ``"cls/<name>"``, ``"seg/<name>"``, ``"det/<name>"``."""
+    def forward_all(self, x: torch.Tensor, tasks: Sequence[str] = TASKS) -> dict[str, object]:
+        """Every head's raw output from one backbone pass: keys ``"<task>/<name>"`` (only ``tasks``)."""
         feats = self.forward_features(x)
         out: dict[str, object] = {}
-        if len(self.cls_heads):
-            pooled = self.pooled_feature(feats)
-            out.update({f"cls/{k}": h(pooled) for k, h in self.cls_heads.items()})
-        if len(self.seg_heads):
-            fused = self.seg_features(feats)
-            out.update({f"seg/{k}": h(fused, x.shape[-2:]) for k, h in self.seg_heads.items()})
-        if len(self.det_heads):
-            levels = self.det_features(feats)
-            out.update({f"det/{k}": h(levels) for k, h in self.det_heads.items()})
+        for task in tasks:
+            if len(self.heads(task)):
+                head_type, shared = self.head_type(task), self.task_features(feats, task)
+                out.update({f"{task}/{k}": head_type.head_forward(h, shared, x.shape[-2:])
+                            for k, h in self.heads(task).items()})
         return out
+
+
+class HeadPredictor:
+    """Predictions of a model's heads in their task's prediction form (``cxrfx.networks.heads.registry``): what
+    evaluation, ``cxrfx predict`` and MONAI Label read, whatever the head type. Decoders (e.g. a RetinaNet's
+    anchors and NMS) are built once per head and reused.
+
+    Args:
+        model: a :class:`FoundationX`.
+        settings: decoder settings per task, e.g. ``{"det": {"score_thresh": 0.02}}``.
+    """
+
+    def __init__(self, model: FoundationX, settings: Mapping[str, Mapping] | None = None):
+        self.model = model.module if hasattr(model, "module") else model
+        self.settings = {k: dict(v) for k, v in dict(settings or {}).items()}
+        self._decoders: dict = {}
+
+    def decode(self, key: str, out, images: torch.Tensor):
+        """One head's raw output (``key`` = ``"<task>/<name>"``) -> its predictions."""
+        if key not in self._decoders:
+            task, name = key.split("/", 1)
+            self._decoders[key] = self.model.head_type(task).decoder(self.model, name, **self.settings.get(task, {}))
+        return self._decoders[key](out, images)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, task: str, head: str | None = None):
+        """Predictions of one head (eval mode)."""
+        self.model.eval()
+        name = head if head is not None else self.model._head(task, None)
+        return self.decode(f"{task}/{name}", self.model(images, task=task, head=name), images)
+
+    @torch.no_grad()
+    def all(self, images: torch.Tensor, tasks: Sequence[str] = TASKS) -> dict[str, object]:
+        """Predictions of every head of ``tasks`` from one backbone pass, keyed ``"<task>/<name>"``."""
+        self.model.eval()
+        return {k: self.decode(k, out, images) for k, out in self.model.forward_all(images, tasks).items()}
 
 
 class TaskNet(nn.Module):
@@ -179,7 +222,8 @@ class TaskNet(nn.Module):
 
     def forward(self, image: torch.Tensor):
         out = self.network(image, task=self.task, head=self.head)
-        if self.task == "det":  # flat tuple: traceable, and RetinaNetDetector splits it in halves
+        if isinstance(out, dict) and set(out) == {"classification", "box_regression"}:
+            # RetinaNet maps as a flat tuple: traceable, and RetinaNetDetector splits it in halves
             return tuple(out["classification"]) + tuple(out["box_regression"])
         return out
 
@@ -189,15 +233,13 @@ def parameter_counts(model: FoundationX) -> dict[str, int]:
     def n(module: nn.Module | None) -> int:
         return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
-    counts = {
-        "backbone": n(model.backbone),
-        "cls_heads": n(model.cls_heads),
-        "seg_decoder": n(model.seg_decoder),
-        "seg_decoder_psp": n(model.seg_decoder.psp_pools) + n(model.seg_decoder.psp_bottleneck)
-        if model.seg_decoder is not None else 0,
-        "seg_heads": n(model.seg_heads),
-        "det_neck": n(model.det_neck),
-        "det_heads": n(model.det_heads),
-    }
+    counts = {"backbone": n(model.backbone)}
+    for task in TASKS:
+        for attribute in model.head_type(task).shared_attributes:
+            counts[attribute] = n(getattr(model, attribute, None))
+        counts[f"{task}_heads"] = n(model.heads(task))
+    decoder = model.seg_decoder
+    if decoder is not None and hasattr(decoder, "psp_pools"):  # UperNet's pyramid pooling, the bulk of its size
+        counts["seg_decoder_psp"] = n(decoder.psp_pools) + n(decoder.psp_bottleneck)
     counts["total"] = n(model)
     return counts

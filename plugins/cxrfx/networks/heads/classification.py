@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ClassificationHead"]
+from cxrfx.networks.heads.registry import ClassificationHeadType, register_head
+
+__all__ = ["ClassificationHead", "LinearClassificationHeads"]
 
 
 class ClassificationHead(nn.Module):
@@ -25,3 +27,11 @@ class ClassificationHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(pooled))
+
+
+@register_head("linear")
+class LinearClassificationHeads(ClassificationHeadType):
+    """Foundation X / Ark: a linear layer per dataset on the pooled backbone feature; nothing shared."""
+
+    def build_head(self, model, num_classes, dropout, options):
+        return ClassificationHead(model.backbone.num_features[-1], num_classes, dropout)

@@ -5,9 +5,10 @@ level), ``RetinaNetClassificationHead`` / ``RetinaNetRegressionHead``, ``AnchorG
 ``RetinaNetDetector`` whose anchor matching uses MONAI's ATSS matcher only (the stock method tests
 ``isinstance(matcher, torchvision Matcher)`` first, which fails where torchvision cannot be imported).
 
-The head interface is small so a DETR-family head can be added later: a head maps the neck's list of
-level maps to ``{"classification": [...], "box_regression": [...]}`` and ``build_detector`` turns the model +
-head into a loss / box-prediction module. Boxes inside the detector follow MONAI: ``[r1, c1, r2, c2]`` on
+:class:`RetinaNetHeads` is the ``"retinanet"`` entry of the head registry (``registry.py``): a head maps the neck's
+list of level maps to ``{"classification": [...], "box_regression": [...]}``, and ``build_detector`` turns the model
++ head into the loss (ATSS matching, focal + GIoU) and the box decoding (anchors, score threshold, NMS) that the
+type's ``criterion`` and ``decoder`` run on already-computed head maps (so one backbone pass serves every head). Boxes inside the detector follow MONAI: ``[r1, c1, r2, c2]`` on
 (C, H, W) images (convert datalist boxes with ``BoxesToArrayAxesd``).
 """
 
@@ -20,16 +21,18 @@ import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNetClassificationHead, RetinaNetRegressionHead
 from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
+from monai.apps.detection.utils.detector_utils import check_training_targets, preprocess_images
 from monai.losses import FocalLoss
 from monai.losses.focal_loss import sigmoid_focal_loss
 from monai.losses.giou_loss import BoxGIoULoss
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torch import nn
 
-from cxrfx.networks.heads.anchors import ModelAnchorGenerator
+from cxrfx.networks.heads.anchors import DetectionAnchors, ModelAnchorGenerator
+from cxrfx.networks.heads.registry import DetectionHeadType, register_head
 
-__all__ = ["DetectionNeck", "RetinaHead", "RetinaDetector", "build_detector", "BACKBONE_STRIDES",
-           "CLS_KEY", "BOX_KEY"]
+__all__ = ["DetectionNeck", "RetinaHead", "RetinaDetector", "RetinaNetHeads", "build_detector", "detection_loss",
+           "decode_detections", "BACKBONE_STRIDES", "CLS_KEY", "BOX_KEY", "DETECTOR_DEFAULTS"]
 
 CLS_KEY, BOX_KEY = "classification", "box_regression"
 
@@ -189,3 +192,81 @@ def build_detector(model: nn.Module, head: str, **settings) -> RetinaDetector:
                                          topk_candidates_per_level=cfg["topk_candidates_per_level"],
                                          nms_thresh=cfg["nms_thresh"], detections_per_img=cfg["detections_per_img"])
     return detector
+
+
+def detection_loss(detector: RetinaDetector, images: torch.Tensor, head_outputs: dict,
+                   targets: list[dict]) -> dict[str, torch.Tensor]:
+    """RetinaNet losses from already-computed head maps (the detector's own forward would rerun the network)."""
+    targets = check_training_targets(images, targets, detector.spatial_dims, detector.target_label_key,
+                                     detector.target_box_key)
+    detector.generate_anchors(images, head_outputs)
+    num_locs = [x.shape[2:].numel() for x in head_outputs[detector.cls_key]]
+    maps = {k: detector._reshape_maps(head_outputs[k]) for k in (detector.cls_key, detector.box_reg_key)}
+    return detector.compute_loss(maps, targets, detector.anchors, num_locs)
+
+
+def decode_detections(detector: RetinaDetector, images: torch.Tensor, head_outputs: dict) -> list[dict]:
+    """Boxes after score threshold and NMS from already-computed head maps, as ``RetinaNetDetector.forward`` in
+    eval mode decodes them (anchors on the image padded to the network's multiple, boxes clipped to the image):
+    one ``{"boxes", "labels", "scores"}`` per image. Equal to the detector's forward for images whose sides are
+    multiples of the network's stride (what every cxrfx pipeline feeds); otherwise the maps come from the
+    model's own padding instead of the detector's zero padding of the [0, 1] image."""
+    padded, image_sizes = preprocess_images(images, detector.spatial_dims, detector.size_divisible)
+    detector.generate_anchors(padded, head_outputs)
+    num_locs = [x.shape[2:].numel() for x in head_outputs[detector.cls_key]]
+    maps = {k: detector._reshape_maps(list(head_outputs[k])) for k in (detector.cls_key, detector.box_reg_key)}
+    found = detector.postprocess_detections(maps, detector.anchors, image_sizes, num_locs)
+    return [{"boxes": d["boxes"], "labels": d["labels"], "scores": d[detector.pred_score_key]} for d in found]
+
+
+class _RetinaCriterion:
+    def __init__(self, head_type: DetectionHeadType, detector: RetinaDetector):
+        self.head_type, self.detector = head_type, detector
+
+    def __call__(self, out: dict, images: torch.Tensor, batch) -> torch.Tensor:
+        targets = self.head_type.targets(batch, images.device)
+        return sum(detection_loss(self.detector, images, out, targets).values())
+
+
+class _RetinaDecoder:
+    def __init__(self, detector: RetinaDetector):
+        self.detector = detector
+
+    def __call__(self, out: dict, images: torch.Tensor) -> list[dict]:
+        return decode_detections(self.detector, images, out)
+
+
+@register_head("retinanet")
+class RetinaNetHeads(DetectionHeadType):
+    """The localization branch as RetinaNet: a :class:`DetectionNeck` (``det_neck``) and the model's anchor shapes
+    (``det_anchors``) shared by every dataset, a :class:`RetinaHead` per dataset.
+
+    Options: neck ``channels``, level ``strides``, anchor ``shapes`` (None: RetinaNet-style defaults with
+    ``num_anchors`` per location). The detector settings (:data:`DETECTOR_DEFAULTS` keys) are the model's
+    ``detector_settings``.
+    """
+
+    shared_attributes = ("det_neck", "det_anchors")
+    defaults = {"channels": 256, "strides": (8, 16, 32, 64), "shapes": None, "num_anchors": 6}
+
+    def build_shared(self, stage_channels, options):
+        return {"det_neck": DetectionNeck(stage_channels, options["channels"], options["strides"]),
+                "det_anchors": DetectionAnchors(options["strides"], options["shapes"], options["num_anchors"])}
+
+    def build_head(self, model, num_classes, dropout, options):
+        return RetinaHead(model.det_neck.out_channels, model.det_anchors.num_anchors, num_classes, dropout)
+
+    def shared_forward(self, model, feats):
+        return model.det_neck(feats)
+
+    def criterion(self, model, head, loss=None):
+        if loss is not None:
+            raise ValueError("the retinanet head's loss is set by the detector settings (focal_alpha, focal_gamma, "
+                             "sampler...), not by a loss module")
+        return _RetinaCriterion(self, build_detector(model, head))
+
+    def decoder(self, model, head, **settings):
+        return _RetinaDecoder(build_detector(model, head, **settings))
+
+    def probabilities(self, out):
+        return [torch.sigmoid(m.float()) for m in out[CLS_KEY]]

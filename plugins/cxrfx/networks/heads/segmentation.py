@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UperNetDecoder", "SegmentationHead"]
+from cxrfx.networks.heads.registry import SegmentationHeadType, register_head
+
+__all__ = ["UperNetDecoder", "SegmentationHead", "UperNetHeads"]
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -79,3 +81,23 @@ class SegmentationHead(nn.Module):
     def forward(self, fused: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         logits = self.conv(self.dropout(fused))
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@register_head("upernet")
+class UperNetHeads(SegmentationHeadType):
+    """Foundation X's segmentation branch: one :class:`UperNetDecoder` (``seg_decoder``) shared by every dataset,
+    a :class:`SegmentationHead` per dataset. Options: decoder ``channels`` and ``psp_channels``, the reference
+    code's ``shared_smoothing``."""
+
+    shared_attributes = ("seg_decoder",)
+    defaults = {"channels": 128, "psp_channels": 1024, "shared_smoothing": False}
+
+    def build_shared(self, stage_channels, options):
+        return {"seg_decoder": UperNetDecoder(stage_channels, options["channels"], options["psp_channels"],
+                                              shared_smoothing=options["shared_smoothing"])}
+
+    def build_head(self, model, num_classes, dropout, options):
+        return SegmentationHead(model.seg_decoder.out_channels, num_classes, dropout)
+
+    def shared_forward(self, model, feats):
+        return model.seg_decoder(feats)
