@@ -94,8 +94,20 @@ def cpu_seconds() -> float:
     return time.process_time() / max(1, torch.get_num_threads())
 
 
+def with_extra_training(datalist: str, extra: str) -> str:
+    """A datalist with ``datalist``'s validation and test splits and its training split plus every image of
+    ``extra`` (another phantom build: other patients), written beside ``datalist``; image paths relative."""
+    base, more = json.load(open(datalist)), json.load(open(extra))
+    here, there = Path(datalist).resolve().parent, Path(extra).resolve().parent
+    added = [{**it, "id": f"extra_{it['id']}", "image": os.path.relpath(there / it["image"], here)}
+             for split in ("training", "validation", "test") for it in more[split]]
+    out = here / f"datalist_plus{len(added)}.json"
+    out.write_text(json.dumps({**base, "training": base["training"] + added}, indent=1))
+    return str(out)
+
+
 def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations: int | None,
-          budget_s: float | None) -> dict:
+          budget_s: float | None, eval_at: list[int] | None = None) -> dict:
     from monai.optimizers import WarmupCosineSchedule
 
     from cxrfx.data.multitask import build_sources
@@ -111,7 +123,7 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
     # a CPU budget fixes the schedule's length after timing the first iterations
     total = iterations or 10_000
     schedule = WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total)
-    start_cpu, start_wall, done, losses = cpu_seconds(), time.perf_counter(), 0, []
+    start_cpu, start_wall, done, losses, points = cpu_seconds(), time.perf_counter(), 0, [], {}
     while done < total:
         for batch_data in loader:
             net.train()
@@ -131,6 +143,9 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
             schedule.step()
             losses.append(float(loss))
             done += 1
+            if eval_at and done in eval_at and done < total:  # a learning curve: held-out scores on the way
+                points[done] = {"train_cpu_s": round(cpu_seconds() - start_cpu, 1),
+                                **evaluate(net, eval_detector(), datalist, size, batch)}
             used = cpu_seconds() - start_cpu
             if budget_s is not None and done == 10:  # the data are cached by now: set the schedule's length
                 total = max(20, int(budget_s / (used / done)))
@@ -143,6 +158,9 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
               "train_wall_s": round(time.perf_counter() - start_wall, 1),
               "final_loss": round(float(np.mean(losses[-20:])), 4)}
     result.update(evaluate(net, eval_detector(), datalist, size, batch))
+    if eval_at:
+        points[done] = {"train_cpu_s": result["train_cpu_s"], **{k: v for k, v in result.items() if k != "points"}}
+        result["points"] = points
     return result
 
 
@@ -198,7 +216,25 @@ def _ms(values) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def report(results: dict, meta: dict, excluded: dict | None = None) -> str:
+def curve_report(curves: dict) -> list[str]:
+    """The learning-curve study: held-out scores by training-set size and iterations (mean ± std over seeds)."""
+    lines = ["**Learning curve and training-set size** (one run per seed scored on the way; the learning-rate "
+             "schedule is the full run's, so an early point is not a shorter run's end)", "",
+             "| arm | training images | iterations | n | AP50 | AP50 CNR ≥ 1 | CPM (FROC) | "
+             + " | ".join(f"sens. at 1 FP {b}" for b in BINS) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(BINS)]
+    groups: dict = {}
+    for r in curves.values():
+        for it, p in r["points"].items():
+            groups.setdefault((r["arm"], r["train_images"], int(it)), []).append(p)
+    for (arm, n_train, it), ps in sorted(groups.items()):
+        lines.append(f"| {arm} | {n_train} | {it} | {len(ps)} | {_ms([p['ap50'] for p in ps])} | "
+                     f"{_ms([p['ap50_visible'] for p in ps])} | {_ms([p['cpm'] for p in ps])} | "
+                     + " | ".join(_ms([p['bins'][b]['sens_1fp'] for p in ps]) for b in BINS) + " |")
+    return lines + [""]
+
+
+def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict | None = None) -> str:
     budgets = sorted({r["budget"] for r in results.values()}, key=lambda b: (b != "iterations", b))
     lines = [BEGIN, "", f"Phantom `phantom_det` seed {meta['phantom_seed']}, {meta['count']} images at {meta['size']} px "
              f"(generator version {meta['generator_version']}); evaluated on the {meta['eval_images']} validation + "
@@ -245,6 +281,8 @@ def report(results: dict, meta: dict, excluded: dict | None = None) -> str:
                                 f"{pair['monai']['ap50']:.3f}")
     if per_seed:
         lines += ["AP50 per seed (paired): " + "; ".join(per_seed) + ".", ""]
+    if curves:
+        lines += curve_report(curves)
     for key, r in (excluded or {}).items():
         lines += [f"Left out of the table: `{key}` (AP50 {r['ap50']:.3f}, CPM {r['cpm']:.3f}, {r['iterations']} "
                   f"iterations): {r['reason']}", ""]
@@ -276,6 +314,12 @@ def main(argv=None) -> None:
     ap.add_argument("--results", default=str(HERE / "results" / "quality_det.json"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--curve", type=int, nargs="+", default=None,
+                    help="learning-curve study instead of the arm table: iterations at which the held-out set is "
+                         "scored during one run of max(CURVE) iterations (arms and seeds as given)")
+    ap.add_argument("--extra-train", type=int, default=0,
+                    help="with --curve: add every image of another phantom build of this many images (seed + 1, "
+                         "other patients) to the training split; held-out images unchanged")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     results_path = Path(a.results)
@@ -295,7 +339,27 @@ def main(argv=None) -> None:
     stored["meta"] = meta
     for key in stored.get("excluded", {}):
         stored["runs"].pop(key, None)  # a run measured on an oversubscribed machine: re-run it
-    if not a.report_only:
+    if a.curve and not a.report_only:
+        train_list = datalist
+        if a.extra_train:
+            extra = build_phantom(Path(f"{a.data}_extra{a.extra_train}"), a.extra_train, a.size, a.phantom_seed + 1)
+            train_list = with_extra_training(datalist, extra)
+        n_train = len(json.load(open(train_list))["training"])
+        curves = stored.setdefault("curves", {})
+        for seed in a.seeds:
+            for arm in a.arms:
+                key = f"{arm}/{max(a.curve)}/train{n_train}/{seed}"
+                if key in curves:
+                    continue
+                print(f"curve {key} ...", flush=True)
+                r = train(arm, train_list, a.size, a.batch, seed, max(a.curve), None, eval_at=sorted(a.curve))
+                r.update(arm=arm, seed=seed, train_images=n_train)
+                curves[key] = r
+                results_path.parent.mkdir(parents=True, exist_ok=True)
+                results_path.write_text(json.dumps(stored, indent=1, default=float))
+                for it, p in sorted(r["points"].items(), key=lambda kv: int(kv[0])):
+                    print(f"  {it} it: AP50 {p['ap50']:.3f}, CNR>=1 {p['ap50_visible']:.3f}, CPM {p['cpm']:.3f}")
+    elif not a.report_only:
         for budget in a.budgets:
             for seed in a.seeds:
                 for arm in a.arms:
@@ -313,7 +377,7 @@ def main(argv=None) -> None:
                     results_path.write_text(json.dumps(stored, indent=1, default=float))
                     print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
                           f"{r['iterations']} it, {r['train_wall_s']:.0f} s", flush=True)
-    text = report(stored["runs"], meta, stored.get("excluded"))
+    text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"))
     write_report(Path(a.doc), text)
     print(text)
 
