@@ -47,3 +47,20 @@ class CheckpointError(CXRFXError, RuntimeError):
 
 class DatasetLayoutError(CXRFXError, ValueError):
     """A dataset on disk does not have the layout its adapter expects (missing file, column, bad row)."""
+
+
+class MissingWeightsError(SystemExit):
+    """A bundle's weights file is not there when a run needs it. A ``SystemExit``, not a :class:`CXRFXError`:
+    MONAI wraps every ``Exception`` raised inside a config expression in a ``RuntimeError`` (a chained traceback
+    under ``python -m monai.bundle run``); an exit passes through and prints its one line. In-process callers
+    catch it by name (``cxrfx predict`` turns it into a :class:`ConfigError`)."""
+
+    def __init__(self, path: str | os.PathLike, problem: str | None = None):
+        self.path = os.fspath(path)
+        self.problem = problem or ("no weights file there (train the bundle, fetch its weights with "
+                                   "`python -m monai.bundle download_large_files --bundle_path <bundle>`, "
+                                   "or point the config at a file)")
+        super().__init__(f"error: {self.path}: {self.problem}")
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"

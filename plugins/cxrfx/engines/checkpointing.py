@@ -5,6 +5,8 @@
   It also adopts the interval checkpoints an earlier run left, so "keep the last K" holds across resumes.
 - :class:`RNGStates`: the global random generators (torch CPU / CUDA, numpy, Python) as a checkpoint object.
 - :func:`resume`: load every object before ``trainer.run()``, from a file or the newest complete checkpoint.
+- :func:`training_state`: the objects a training checkpoint holds (a bundle's ``train#checkpoint_objects``).
+- :func:`load_start_point`: a fine-tuning / pretraining start checkpoint, loaded and logged (``initialize``).
 
 Together with the loaders' positions (``LockReleaseHandler.state_dict``) and per-sample augmentation seeds
 (``cxrfx.data.sampling``), a resumed run follows the uninterrupted one.
@@ -30,7 +32,8 @@ from cxrfx.errors import CheckpointError
 Checkpoint, _ = optional_import("ignite.handlers", name="Checkpoint")
 DiskSaver, _ = optional_import("ignite.handlers", name="DiskSaver")
 
-__all__ = ["resume", "latest_checkpoint", "RNGStates", "CheckpointSaver", "AtomicDiskSaver"]
+__all__ = ["resume", "latest_checkpoint", "RNGStates", "CheckpointSaver", "AtomicDiskSaver", "training_state",
+           "load_start_point"]
 
 _PART = ".part"  # suffix of files being written; never a checkpoint
 
@@ -204,3 +207,49 @@ def resume(path: str | os.PathLike | None, objects: Mapping[str, object], search
         trainer.state.max_epochs = wanted_epochs
     log.info(f"resumed from {path} at iteration {getattr(getattr(trainer, 'state', None), 'iteration', '?')}")
     return True
+
+
+def training_state(network, optimizer, lr_scheduler, lock_release, trainer, best_model_saver=None,
+                   teacher_handler=None) -> dict:
+    """Everything an exact resume needs, by the names the checkpoints hold: ``student`` (the network; a DDP
+    wrapper is unwrapped by MONAI's saver), ``teacher`` and ``teacher_handler`` (only with a teacher),
+    ``optimizer``, ``lr_scheduler``, ``lock_release`` (loader positions, schedule), ``trainer`` (iteration),
+    ``rng`` (:class:`RNGStates`) and ``best_model_saver`` (the validation saver's best-metric tracking).
+
+    The order is the order :func:`resume` loads them in: the random generators come after every other
+    object, so nothing loaded later can draw from them.
+    """
+    state = {"student": network}
+    if teacher_handler is not None:
+        state["teacher"] = teacher_handler.teacher
+    state.update(optimizer=optimizer, lr_scheduler=lr_scheduler, lock_release=lock_release)
+    if teacher_handler is not None:
+        state["teacher_handler"] = teacher_handler
+    state.update(trainer=trainer, rng=RNGStates())
+    if best_model_saver is not None:
+        state["best_model_saver"] = best_model_saver
+    return state
+
+
+def load_start_point(network: torch.nn.Module, path: str | os.PathLike | None, enabled: bool = True,
+                     source: str = "auto", key: str | None = None):
+    """Load a start checkpoint into ``network`` before training (the ``initialize`` step of the bundles) and
+    log the load report; returns it, or None when ``enabled`` is false or ``path`` empty (random start).
+
+    Before training, not at ``Events.STARTED`` as a ``CheckpointLoader`` would: the EMA teacher is a copy
+    made when the trainer is built, and a resumed run must keep the weights it resumed.
+    A missing file is :class:`~cxrfx.errors.MissingWeightsError` (one line naming it).
+    """
+    from cxrfx.errors import MissingWeightsError
+    from cxrfx.networks import load_checkpoint
+
+    log = logging.getLogger("cxrfx.start_point")
+    if not enabled or not path:
+        log.info("start point: scratch (random initialisation)")
+        return None
+    if not os.path.isfile(path):
+        raise MissingWeightsError(path, "start checkpoint not found (set finetune_model_path / initial_weights "
+                                        "to an existing file, or train from scratch)")
+    report = load_checkpoint(network.module if hasattr(network, "module") else network, path, source=source, key=key)
+    log.info(f"start point: {report}")
+    return report
