@@ -15,6 +15,7 @@ window mask) as an additive mask. ``forward`` returns the four stage maps (strid
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import torch
@@ -66,6 +67,20 @@ def relative_position_index(window: int) -> torch.Tensor:
     return rel[:, :, 0] * (2 * window - 1) + rel[:, :, 1]
 
 
+def _jit_unused(fn):
+    """``torch.jit.unused`` (the function stays Python; scripting compiles only its signature) with the annotations
+    evaluated: scripting cannot read the strings that ``from __future__ import annotations`` leaves on it."""
+    fn.__annotations__ = typing.get_type_hints(fn)
+    return torch.jit.unused(fn)
+
+
+@_jit_unused
+def _is_exporting() -> bool:
+    """``torch.compiler.is_exporting()``, kept out of TorchScript (it reads a Python global that scripting cannot);
+    a scripted model never exports, so its forward skips this call (``torch.jit.is_scripting()`` first)."""
+    return torch.compiler.is_exporting()
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias."""
 
@@ -94,7 +109,8 @@ class WindowAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype),
                                              dropout_p=self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2)
-        if torch.compiler.is_exporting():  # CPU SDPA returns a layout fake tensors do not reproduce: copy explicitly
+        if not torch.jit.is_scripting() and _is_exporting():
+            # CPU SDPA returns a layout fake tensors do not reproduce: copy explicitly (torch.export only)
             out = out.clone(memory_format=torch.contiguous_format)
         return self.proj_drop(self.proj(out.reshape(b, nw, n, c)))
 
@@ -134,17 +150,19 @@ class SwinTransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def _shift_regions(size: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Region id along one axis: [0, size - window) -> 0, [size - window, size - shift) -> 1, the rest -> 2."""
+    i = torch.arange(size, device=device)
+    return (i >= size - window).long() + (i >= size - shift).long()
+
+
 def shifted_window_mask(hp: int, wp: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """(nW, N, N) additive mask (0 / -100) keeping shifted windows from mixing wrapped-around regions.
 
     Regions along each axis: [0, size - window), [size - window, size - shift), [size - shift, size).
-    Built from comparisons (no in-place slice writes) so that it traces and exports to ONNX.
+    Built from comparisons (no in-place slice writes) so that it traces, scripts and exports to ONNX.
     """
-    def regions(size: int) -> torch.Tensor:
-        i = torch.arange(size, device=device)
-        return (i >= size - window).long() + (i >= size - shift).long()
-
-    img = regions(hp)[:, None] * 3 + regions(wp)[None, :]
+    img = _shift_regions(hp, window, shift, device)[:, None] * 3 + _shift_regions(wp, window, shift, device)[None, :]
     win = img.view(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
     diff = win[:, None, :] - win[:, :, None]
     return torch.zeros(diff.shape, device=device).masked_fill(diff != 0, -100.0)
@@ -190,14 +208,20 @@ class BasicLayer(nn.Module):
         # timm 0.5 (Ark) turns the shift off where one window covers the whole map (7x7 at 224 px, window 7)
         shifted = not (self.shift_rule == "timm" and max(hw) <= ws)
         mask = shifted_window_mask(hp, wp, ws, self.shift, x.device) if len(self.blocks) > 1 and shifted else None
-        for blk in self.blocks:
-            if self.use_checkpoint and self.training and x.requires_grad:
-                x = checkpoint.checkpoint(blk, x, hw, mask, shifted, use_reentrant=False)
+        for i, blk in enumerate(self.blocks):
+            if self.use_checkpoint and self.training and x.requires_grad and not torch.jit.is_scripting():
+                x = self._checkpointed(i, x, hw, mask, shifted)
             else:
                 x = blk(x, hw, mask, shifted)
         if self.downsample is None:
             return x, x, hw
         return x, self.downsample(x, hw), ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
+
+    @_jit_unused
+    def _checkpointed(self, i: int, x: torch.Tensor, hw: tuple[int, int], mask: torch.Tensor | None,
+                      shifted: bool) -> torch.Tensor:
+        """Block ``i`` under gradient checkpointing (training only; not part of a scripted model)."""
+        return checkpoint.checkpoint(self.blocks[i], x, hw, mask, shifted, use_reentrant=False)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -260,6 +284,8 @@ class SwinTransformer(nn.Module):
             (:attr:`shift_rule`); ``load_checkpoint`` sets ``"timm"`` for Ark weights.
     """
 
+    __jit_unused_properties__ = ["shift_rule", "stride"]  # Python-side settings, not part of a scripted forward
+
     def __init__(self, in_chans: int = 1, embed_dim: int = 128, depths: Sequence[int] = (2, 2, 18, 2),
                  num_heads: Sequence[int] = (4, 8, 16, 32), window_size: int = 7, patch_size: int = 4,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
@@ -313,9 +339,9 @@ class SwinTransformer(nn.Module):
         hw = (x.shape[2], x.shape[3])
         x = self.pos_drop(self.patch_embed.norm(x.flatten(2).transpose(1, 2)))
         outs = []
-        for layer, dim in zip(self.layers, self.num_features):
+        for layer in self.layers:
             out, x, next_hw = layer(x, hw)
-            outs.append(out.transpose(1, 2).reshape(out.shape[0], dim, hw[0], hw[1]))
+            outs.append(out.transpose(1, 2).reshape(out.shape[0], out.shape[2], hw[0], hw[1]))
             hw = next_hw
         return outs
 
