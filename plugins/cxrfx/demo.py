@@ -153,7 +153,7 @@ def run_demo(out: str = "runs/demo", count: int = 64, size: int = 256, seed: int
         train_s = time.perf_counter() - t0
         print("demo: evaluating student and teacher on the test split ...", flush=True)
         _bundle_run(bundle, ["train.json", "demo.json", "evaluate.json"], root, os.path.join(out, "evaluate.log"),
-                    **common, **{"validate#loaders#split": "test", "output_dir": os.path.join(root, "eval", "test")})
+                    **common, **{"validate#dataset#split": "test", "output_dir": os.path.join(root, "eval", "test")})
         metrics = _read_metrics(os.path.join(root, "eval", "test", "metrics.csv"))
         print("demo: inference on held-out DICOM images ...", flush=True)
         predictions = os.path.join(root, "eval", "predictions")

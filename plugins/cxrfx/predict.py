@@ -2,9 +2,11 @@
 
 Bundle-generic: the bundle's ``configs/inference.json`` (plus optional override configs, e.g. ``demo.json``)
 is read with MONAI's ``ConfigParser``; ``bundle_root``, ``input_path`` and ``output_dir`` are overridden,
-its ``initialize`` expressions run (they load the weights), and its ``evaluator`` runs with a progress bar.
+its ``initialize`` expressions run, the weights load through its ``handlers`` (a
+:class:`~cxrfx.engines.handlers.CheckpointLoader`; read once, before the progress bar, with the load report
+printed), and its ``evaluator`` runs with a progress bar.
 Any bundle whose inference config follows the foundation_x pattern (``network_def`` / ``network``,
-``ckpt_path``, ``input_path``, ``output_dir``, ``image_size``, ``writer``, ``evaluator``) works; when its
+``ckpt_path``, ``input_path``, ``output_dir``, ``image_size``, ``handlers``, ``writer``, ``evaluator``) works; when its
 ``writer`` is :class:`~cxrfx.outputs.predictions.PredictionWriter` predict turns on every output: CSV
 tables with calibrated thresholds and yes / no, NIfTI masks, DICOM SEG for DICOM inputs
 (``models/thresholds.json`` is used when present).
@@ -82,7 +84,7 @@ def _plain_errors():
 
 
 def _initialize(parser) -> None:
-    """Run the bundle's ``initialize`` expressions (loading the weights) after checking the weights exist."""
+    """Run the bundle's ``initialize`` expressions after checking the weights exist."""
     if "ckpt_path" in parser:
         ckpt = parser.get_parsed_content("ckpt_path")
         if not os.path.isfile(ckpt):
@@ -90,6 +92,33 @@ def _initialize(parser) -> None:
     if "initialize" in parser:
         with _plain_errors():
             parser.get_parsed_content("initialize", instantiate=True)
+
+
+def _load_weights(parser, evaluator=None) -> None:
+    """Load the weights now through the bundle's ``CheckpointLoader`` handlers and print their reports, as the
+    bundle's run would at its start; with ``evaluator``, take those handlers off its start so the file is read
+    once. (Bundles that load their weights in ``initialize`` have no such handler: nothing to do.)"""
+    from cxrfx.engines.handlers import CheckpointLoader
+    from cxrfx.errors import MissingWeightsError
+
+    if "handlers" not in parser:
+        return
+    with _plain_errors():
+        handlers = parser.get_parsed_content("handlers")
+    for handler in handlers or ():
+        if not isinstance(handler, CheckpointLoader):
+            continue
+        try:
+            reports = handler.load()
+        except MissingWeightsError as exc:  # a SystemExit for `monai.bundle run`; here the CLI's one-line error
+            raise ConfigError(str(exc)) from None
+        for report in reports.values():
+            print(report)
+        if evaluator is not None:
+            from ignite.engine import Events
+
+            if evaluator.has_event_handler(handler, Events.STARTED):
+                evaluator.remove_event_handler(handler, Events.STARTED)
 
 
 def _core_network(network: torch.nn.Module) -> torch.nn.Module:
@@ -209,6 +238,7 @@ def predict(bundle: str, input: str, output: str, configs: str | Sequence[str] |
     _initialize(parser)
     with _plain_errors():
         evaluator = parser.get_parsed_content("evaluator")
+    _load_weights(parser, evaluator)
     total = len(evaluator.data_loader.dataset)
     if total == 0:
         raise ConfigError(f"{input}: no images found")
@@ -286,6 +316,7 @@ def calibrate_bundle(bundle: str, datalists=None, configs: str | Sequence[str] |
     bundle = os.path.abspath(bundle)
     parser = load_bundle_config(bundle, configs, device, **overrides)
     _initialize(parser)
+    _load_weights(parser)
     network = _core_network(parser.get_parsed_content("network")).eval()
     heads = list(getattr(network, "cls_heads", {}) or {})
     if not heads:

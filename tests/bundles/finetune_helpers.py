@@ -57,7 +57,7 @@ PATCH_STEM = {"backbone_kwargs#stem": "patch"}
 
 def tiny_network(bundle: Path, bundle_root: Path, **overrides) -> torch.nn.Module:
     """The bundle's ``network_def`` (demo override) built without running anything."""
-    wf = workflow(bundle, ["inference.json", "demo.json"], "infer", bundle_root, initialize=[], **overrides)
+    wf = workflow(bundle, ["inference.json", "demo.json"], "infer", bundle_root, **overrides)
     wf.initialize()
     return wf.parser.get_parsed_content("network_def")
 

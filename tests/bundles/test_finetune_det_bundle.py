@@ -45,7 +45,7 @@ def test_metadata_is_valid_offline():
 def test_workflow_properties(tmp_path, phantom):
     check_workflow_properties(BUNDLE, tmp_path, phantom, (
         (["train.json", "demo.json"], "train", {"finetune": False}),
-        (["inference.json", "demo.json"], "infer", {"initialize": []})))
+        (["inference.json", "demo.json"], "infer", {})))  # no weights: loaded at run time
 
 
 @pytest.mark.parametrize("start", ["scratch", "cxrfx", "ark"])

@@ -49,8 +49,9 @@ def test_metadata_is_valid_offline():
 
 def test_workflow_properties(tmp_path):
     for configs, kind, extra in ((_configs("train.json", "demo.json"), "train", {}),
-                                 # no trained weights here: skip the inference config's weight loading
-                                 (_configs("inference.json", "demo.json"), "infer", {"initialize": []})):
+                                 # no trained weights here: inference.json loads them only when it runs
+                                 (_configs("inference.json", "demo.json"), "infer",
+                                  {"input_path": str(BUNDLE / "configs")})):
         workflow = ConfigWorkflow(config_file=configs, meta_file=str(BUNDLE / "configs" / "metadata.json"),
                                   logging_file=str(BUNDLE / "configs" / "logging.conf"), workflow_type=kind,
                                   bundle_root=str(tmp_path), **TINY, **extra)
