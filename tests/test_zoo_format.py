@@ -1,12 +1,15 @@
 """The Model Zoo's JSON style (issue 18): its pre-commit runs ``end-of-file-fixer`` and ``pretty-format-json
 --autofix --no-sort-keys --indent=4`` over every file of a submission, so each JSON file of our bundles, and each
 one the packager writes into an archive, must be byte-equal to that hook's output (which ends with a newline).
+Its code-format check runs isort and black (settings of its setup.cfg / pyproject.toml) over the submission: the
+packager formats the vendored ``scripts/`` with them (``cxrfx.packaging.style``), checked here.
 
 Fast: reads the bundles and packages one without the network checks (``checks=False``).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import zipfile
 from pathlib import Path
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cxrfx.packaging import package_bundle
+from cxrfx.packaging.style import format_python_source, join_adjacent_strings, style_tools
 from cxrfx.packaging.vendor import format_json_file, zoo_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +75,22 @@ def test_format_json_file_autofixes_as_the_hook(tmp_path):
     assert not format_json_file(str(path))  # idempotent: already pretty, bytes untouched
 
 
-def test_every_json_file_the_packager_writes_is_zoo_pretty(tmp_path):
+@pytest.fixture(scope="module")
+def foundation_x_archive(tmp_path_factory):
+    """foundation_x packaged without the network checks: the most vendored code of the three bundles."""
+    return package_bundle(str(BUNDLES / "foundation_x"), str(tmp_path_factory.mktemp("fx")), checks=False)
+
+
+def test_the_package_json_data_files_are_zoo_pretty_in_source():
+    path = ROOT / "plugins" / "cxrfx" / "data" / "datalist.schema.json"  # vendored into every archive
+    raw = path.read_text(encoding="utf-8")
+    assert raw == hook_format(raw)
+
+
+def test_every_json_file_the_packager_writes_is_zoo_pretty(foundation_x_archive):
     # foundation_x: its configs get the "$import scripts" bootstrap rewritten by the packager, and the vendored
     # code carries data files (datalist.schema.json) that are copied from the package
-    result = package_bundle(str(BUNDLES / "foundation_x"), str(tmp_path), checks=False)
+    result = foundation_x_archive
     with zipfile.ZipFile(result.archive) as zf:
         members = {n: zf.read(n).decode("utf-8") for n in zf.namelist() if n.endswith(".json")}
     assert f"{result.name}/configs/inference.json" in members
@@ -97,3 +113,42 @@ def test_every_bundle_text_file_passes_end_of_file_fixer_and_trailing_whitespace
                                ("trailing whitespace", any(line != line.rstrip() for line in raw.splitlines()))]
            if failed]
     assert bad == []
+
+
+# ---------------------------------------------------------------- Python: the zoo's isort + black on scripts/
+
+
+def test_join_adjacent_strings_keeps_the_ast():
+    source = ('x = f("a " f"{b} {{c}}" "d{e}", \'p\' "q")\n'
+              'y = ("one "\n     "two")\n'
+              'z = b"x" b"y"\n'
+              'w = "a" "b" "c"\n'
+              'v = r"\\d" "x"\n')
+    joined = join_adjacent_strings(source)
+    assert joined == ('x = f(f"a {b} {{c}}d{{e}}", \'p\' "q")\n'  # mixed quote styles are left alone
+                      'y = ("one "\n     "two")\n'  # on separate lines: no B914, left alone
+                      'z = b"x" b"y"\n'  # bytes are left alone
+                      'w = "abc"\n'
+                      'v = r"\\d" "x"\n')  # raw strings are left alone
+    assert ast.dump(ast.parse(joined)) == ast.dump(ast.parse(source))
+
+
+@pytest.mark.skipif(not style_tools(), reason="black / isort not installed")
+def test_format_python_source_uses_the_zoos_settings():
+    source = ("import torch\nimport os\nfrom cxrfx.io import load_cxr\nimport numpy as np\n\n"
+              "def f(a,b,):\n    return {'k': [a,b,]}\n")
+    formatted = format_python_source(source)
+    # isort profile black, cxrfx third-party as seen from the zoo's root; black: magic trailing commas skipped
+    assert formatted == ("import os\n\nimport numpy as np\nimport torch\nfrom cxrfx.io import load_cxr\n\n\n"
+                         "def f(a, b):\n    return {\"k\": [a, b]}\n")
+    assert format_python_source(formatted) == formatted
+
+
+@pytest.mark.skipif(not style_tools(), reason="black / isort not installed")
+def test_the_vendored_python_is_formatted_as_the_zoo_checks_it(foundation_x_archive):
+    with zipfile.ZipFile(foundation_x_archive.archive) as zf:
+        members = {n: zf.read(n).decode("utf-8") for n in zf.namelist() if n.endswith(".py")}
+    assert len(members) > 50
+    # black --check / isort --check with the zoo's settings would leave every file unchanged
+    unformatted = [n for n, text in members.items() if format_python_source(text, n) != text]
+    assert unformatted == []

@@ -1,7 +1,7 @@
 """``package_bundle``: a bundle folder -> ``<zoo_name>_v<version>.zip``, a self-contained Model Zoo archive.
 
 Order: cheap metadata checks (refuse early) -> stage ``<zoo_name>/`` in a scratch folder (configs, docs,
-LICENSE, vendored ``scripts/cxrfx``, weights) -> network checks in a separate process on the staged copy ->
+LICENSE, vendored ``scripts/cxrfx`` formatted with the Model Zoo's isort / black settings, weights) -> network checks in a separate process on the staged copy ->
 files over 25 MB move beside the archive and into ``large_files.yml`` with their sha256 -> a reproducible zip
 (sorted entries, fixed timestamps and modes) written atomically. Nothing is written to ``--out`` unless every
 check passed. The bundle's own ``models/``, ``data/`` and ``eval/`` (training runs) are never copied: weights
@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from cxrfx.packaging.checks import (
     DEFAULT_SCHEMA, MAX_FILE_BYTES, BundleCheckError, check_data_format, check_pins, check_required_files,
     check_schema, check_version, run_workflow_checks, zoo_name,
 )
+from cxrfx.packaging.style import format_python_tree
 from cxrfx.packaging.vendor import add_bootstrap_import, format_json_file, plan_vendoring, write_vendored
 
 __all__ = ["PackageResult", "package_bundle", "sha256_file", "LARGE_FILES_URL_PLACEHOLDER"]
@@ -79,6 +81,10 @@ def _stage(bundle_dir: str, stage: str, weights: str | None, package: str) -> li
     configs = sorted(glob.glob(os.path.join(stage, "configs", "*.json")))
     plan = plan_vendoring(configs, package=package)
     write_vendored(plan, os.path.join(stage, "scripts"))
+    style = format_python_tree(os.path.join(stage, "scripts"))  # the zoo's isort + black, when installed
+    if not style.applied:
+        warnings.warn("black / isort are not installed (pip install -c constraints.txt -e '.[test]'): the vendored "
+                      "code keeps the source layout, which the Model Zoo's code-format check reports")
     for config in configs:
         add_bootstrap_import(config, package=package)
     for rel in _walk(stage):  # every JSON as the zoo's pretty-format-json hook wants it (vendored data files too)
