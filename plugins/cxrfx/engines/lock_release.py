@@ -7,8 +7,9 @@ Frozen parameters get no gradient; with ``zero_grad(set_to_none=True)`` (the tra
 optimizers then skip them entirely, so neither weight decay nor momentum moves them.
 
 The position in the cycle follows ``engine.state.iteration`` (restored on resume); ``state_dict`` /
-``load_state_dict`` check the cycle and carry each data source's position inside its own pass. Events ``STEP_STARTED`` / ``STEP_COMPLETED`` are
-fired for other handlers (the teacher updates after each step, as the paper does after each pass).
+``load_state_dict`` check the cycle and carry each data source's position inside its own pass. Events
+``STEP_STARTED`` / ``STEP_COMPLETED`` are fired for other handlers (the teacher updates after each step, as the
+paper does after each pass).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ __all__ = ["TeacherHandler", "ema_update"]
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, buffers: str = "copy") -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, for all parameters (and buffers per mode)."""
-    t_params = [p for p in teacher.parameters()]
+    t_params = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)

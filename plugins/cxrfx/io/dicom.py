@@ -118,7 +118,7 @@ def _decode(path: str, ds: pydicom.Dataset) -> np.ndarray:
     tsuid = _transfer_syntax(ds)
     try:
         return ds.pixel_array
-    except (NotImplementedError, RuntimeError) as exc:
+    except RuntimeError as exc:  # NotImplementedError (no decoder) is a RuntimeError
         msg = str(exc)
         low = msg.lower()
         # "no decoder" (pydicom 3: "plugins are missing dependencies", "No pixel data decoders have been

@@ -119,8 +119,8 @@ def coco_ap(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
     gts = [_check_item(g, ("boxes", "labels"), f"ground truth {i}") for i, g in enumerate(ground_truths)]
     categories = np.unique(np.concatenate([g[1] for g in gts])) if gts else np.zeros(0, np.int64)
 
-    T, R, K = len(thresholds), len(RECALL_THRESHOLDS), len(categories)
-    precision = -np.ones((T, R, K))
+    n_thr, n_rec, n_cat = len(thresholds), len(RECALL_THRESHOLDS), len(categories)
+    precision = -np.ones((n_thr, n_rec, n_cat))
     for k, cat in enumerate(categories):
         all_scores, all_matched, n_gt = [], [], 0
         for (p_boxes, p_labels, p_scores), (g_boxes, g_labels, _) in zip(preds, gts):
@@ -139,9 +139,9 @@ def coco_ap(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
         prec = tp / (fp + tp + np.spacing(1))
         prec = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
         n_det = matched.shape[1]
-        for t in range(T):
+        for t in range(n_thr):
             idx = np.searchsorted(recall[t], RECALL_THRESHOLDS, side="left")
-            q = np.zeros(R)
+            q = np.zeros(n_rec)
             inside = idx < n_det
             q[inside] = prec[t, idx[inside]]
             precision[t, :, k] = q
@@ -152,7 +152,7 @@ def coco_ap(predictions: Sequence[Mapping], ground_truths: Sequence[Mapping],
 
     return {
         "map": mean_valid(precision),
-        "per_threshold": np.array([mean_valid(precision[t]) for t in range(T)]),
+        "per_threshold": np.array([mean_valid(precision[t]) for t in range(n_thr)]),
         "iou_thresholds": thresholds,
         "per_category": {int(c): mean_valid(precision[:, :, k]) for k, c in enumerate(categories)},
         "precision": precision,

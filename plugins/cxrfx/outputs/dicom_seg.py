@@ -64,6 +64,12 @@ class DicomSegError(CXRFXError, ValueError):
         self.path, self.problem = os.fspath(path), problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # pickle / copy rebuild from (path, problem), not from the one formatted message
+        return type(self), (self.path, self.problem)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
 
 def _hd():
     try:

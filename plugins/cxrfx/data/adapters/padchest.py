@@ -146,7 +146,7 @@ class PadChestAdapter(DatasetAdapter):
         position = {name: k for k, name in enumerate(labels)}
 
         items, missing, not_physician = [], 0, 0
-        for line, row, names in rows:
+        for _line, row, names in rows:
             if physician_only and row["MethodLabel"].lower() != "physician":
                 not_physician += 1
                 continue

@@ -4,8 +4,9 @@ Steps: parallel line integrals of ``mu`` along anterior-posterior rays, tilted b
 rotation about the head-foot axis (obliquity, as a shear); the same rays OR the structure bits into
 masks. The (x, z) projection is then mapped onto the detector canvas: head up, the patient's right on
 the viewer's left, in-plane tilt, magnification and shift; images bilinear, masks nearest-neighbour,
-so masks stay pixel-exact (beyond the CT's extent the image repeats its edge). Exposure: transmitted intensity exp(-a b L) (b: beam quality), detector blur, Poisson quanta,
-log, then a mild unsharp mask as vendor processing does. No beam divergence or scatter (REFERENCE §10).
+so masks stay pixel-exact (beyond the CT's extent the image repeats its edge). Exposure: transmitted
+intensity exp(-a b L) (b: beam quality), detector blur, Poisson quanta, log, then a mild unsharp mask as
+vendor processing does. No beam divergence or scatter (REFERENCE §10).
 """
 
 from __future__ import annotations

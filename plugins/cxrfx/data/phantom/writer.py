@@ -31,7 +31,8 @@ __all__ = ["PHANTOM_DATASETS", "generate_phantom", "read_manifest", "MANIFEST", 
 
 PHANTOM_DATASETS = ("phantom_cls", "phantom_det", "phantom_seg")
 MANIFEST = "phantom.json"
-_GENERATOR_VERSION = 4  # bump when the rendering changes, so cached phantoms are rebuilt (3: synthetic patients, SCR masks; 4: denser lesions, CNR)
+# bump when the rendering changes, so cached phantoms are rebuilt (3: synthetic patients, SCR masks; 4: denser lesions, CNR)
+_GENERATOR_VERSION = 4
 
 
 def _splits(count: int) -> list[str]:
