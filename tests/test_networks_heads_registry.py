@@ -112,7 +112,7 @@ def seg_loaders(tmp_path_factory):
     return train, val
 
 
-@pytest.mark.parametrize("head_type", ["test_center_conv", "unetpp"])
+@pytest.mark.parametrize("head_type", ["test_center_conv", "unetpp", "upernet_fx"])
 def test_a_new_head_type_trains_and_is_scored_without_other_changes(seg_loaders, head_type):
     train, val = seg_loaders
     torch.manual_seed(0)
