@@ -9,9 +9,15 @@ Sources (REFERENCE §2.2-2.3):
 - ``"foundation_x"``: training checkpoint ``{model, teacher_model, optimizer, epoch}`` (``teacher_model``
   preferred, as the authors' loader does). ``backbone.0.`` is stripped from trunk keys;
   ``backbone.0.classification_heads.{k}`` loads into our classification head named
-  ``FX_CLASSIFICATION_HEADS[k]`` when the model has one with that name and class count. The DINO
-  localization modules and the segmentation decoder (whose exact key names are not public) are reported
-  as unexpected, not loaded.
+  ``FX_CLASSIFICATION_HEADS[k]`` when the model has one with that name and class count. The segmentation branch
+  (``segmentation_PPN``, ``segmentation_FPN``, ``segmentation_heads.{k}`` -> ``FX_SEGMENTATION_HEADS[k]``) loads
+  into a model whose seg head type is ``upernet_fx`` (``heads/upernet_fx.py``; ``_FX_SEG_KEYS``); the reference's
+  ``smooth_conv.1`` / ``.2`` are the same tensor as ``smooth_conv.0`` (one conv shared by three levels) and are
+  checked and reported as aliases. ``Segnorm0..3`` (built, never used by the reference) and ``head`` (the
+  unused single classifier) are reported as deliberately dropped. The localization branch (``Locnorm1..3``,
+  ``input_proj``, ``transformer.*``: DINO, not built in cxrfx yet) stays unexpected. Foundation X's per-task
+  input contract (``FX_INPUT_CONTRACT``: chest X-ray statistics for classification, ImageNet's for localization,
+  ImageNet's std with the mean / 255 for segmentation) is applied per task (``input_contract.py``).
 - ``"cxrfx"``: our own state dict (plain, or under ``teacher`` / ``student`` / ``model`` / ``state_dict``).
 
 Adaptations: a 3-channel first conv is turned into our 1-channel one (``adapt="fold"``, exact: the source's
@@ -25,6 +31,8 @@ unpickled beyond tensors and plain containers unless ``allow_pickle=True`` is pa
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -32,17 +40,40 @@ import torch
 import torch.nn.functional as F
 
 from cxrfx.errors import CheckpointError
+from cxrfx.networks.input_contract import TaskInput, create_task_inputs_from_state_dict
 
-__all__ = ["load_checkpoint", "LoadReport", "FX_CLASSIFICATION_HEADS", "NORMALIZATIONS", "read_state_dict"]
+__all__ = ["load_checkpoint", "LoadReport", "FX_CLASSIFICATION_HEADS", "FX_SEGMENTATION_HEADS", "FX_HEAD_CLASSES",
+           "FX_INPUT_CONTRACT", "NORMALIZATIONS", "read_state_dict", "foundation_x_layout"]
 
 # Foundation X's classification_heads index -> dataset (REFERENCE §1.3, code order).
 FX_CLASSIFICATION_HEADS = ("tbx11k", "node21", "candid_ptx", "rsna_pneumonia", "chestx_det", "siim_acr",
                            "chexpert", "nih14", "vindr_cxr", "shenzhen", "mimic")
+# Foundation X's segmentation_heads index -> dataset; the reference trains 2, 4 and 5 (CANDID-PTX, ChestX-Det with
+# 13 channels, SIIM-ACR); 0, 1 and 3 exist (1 channel each) and are never trained.
+FX_SEGMENTATION_HEADS = ("tbx11k", "node21", "candid_ptx", "rsna_pneumonia", "chestx_det", "siim_acr")
+FX_TRAINED_SEGMENTATION_HEADS = ("candid_ptx", "chestx_det", "siim_acr")
+FX_HEAD_CLASSES = {
+    "cls": {"tbx11k": 1, "node21": 1, "candid_ptx": 1, "rsna_pneumonia": 3, "chestx_det": 13, "siim_acr": 1,
+            "chexpert": 14, "nih14": 14, "vindr_cxr": 6, "shenzhen": 1, "mimic": 14},
+    "seg": {"tbx11k": 1, "node21": 1, "candid_ptx": 1, "rsna_pneumonia": 1, "chestx_det": 13, "siim_acr": 1},
+}
 # Input normalisation the source was trained with, per RGB channel, on [0, 1] images.
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "cxr": ((0.5056, 0.5056, 0.5056), (0.252, 0.252, 0.252)),
+    # Foundation X's segmentation pipeline: albumentations Normalize(ImageNet, max_pixel_value=1) on 0-255 pixels,
+    # then / 255, i.e. on [0, 1] images the ImageNet std with the ImageNet mean / 255 (REFERENCE §1.9)
+    "imagenet_fx_seg": ((0.485 / 255, 0.456 / 255, 0.406 / 255), (0.229, 0.224, 0.225)),
 }
+# Foundation X's input contract per task (its data pipelines; one shared trunk)
+FX_INPUT_CONTRACT = {"cls": "cxr", "det": "imagenet", "seg": "imagenet_fx_seg"}
+# reference segmentation-branch key (after backbone.0.) -> ours, for a model whose seg head type is upernet_fx
+_FX_SEG_KEYS = ((r"segmentation_PPN\.stages\.(\d+)\.(.+)", r"seg_decoder.psp_branches.\1.\2"),
+                (r"segmentation_PPN\.bottleneck\.(.+)", r"seg_decoder.psp_bottleneck.\1"),
+                (r"segmentation_FPN\.conv1x1\.(.+)", r"seg_decoder.lateral.\1"),
+                (r"segmentation_FPN\.conv_fusion\.(.+)", r"seg_decoder.fuse.\1"))
+_FX_DROPPED = {"Segnorm": "Segnorm0..3: built by the reference, never used in its forward",
+               "head.": "head: the reference's unused single classifier (per-dataset heads are classification_heads)"}
 _DEFAULT_NORMALIZATION = {"ark": "imagenet", "foundation_x": "cxr"}
 _NESTED = {"ark": ("teacher", "state_dict", "model"), "foundation_x": ("teacher_model", "teacher", "model"),
            "cxrfx": ("teacher", "model", "state_dict", "student", "network")}
@@ -61,14 +92,28 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)
+    #: file keys deliberately not loaded, with the reason (never used by the source model)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    #: file keys that are the same tensor as a loaded key (the reference's shared smoothing conv)
+    aliases: list[str] = field(default_factory=list)
+    #: what maps where, one line per group of keys
+    mapping: list[str] = field(default_factory=list)
 
     def missing_in(self, prefix: str) -> list[str]:
         return [k for k in self.missing if k.startswith(prefix)]
 
+    def mismatched_in(self, prefix: str) -> list[str]:
+        return [k for k, _, _ in self.mismatched if k.startswith(prefix)]
+
     def __str__(self) -> str:
         lines = [f"{self.path} ({self.source}): loaded {len(self.loaded)} tensors, missing {len(self.missing)}, "
                  f"unexpected {len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"]
+        if self.dropped or self.aliases:
+            lines[0] += f", dropped {len(self.dropped)}, aliases {len(self.aliases)}"
+        lines += [f"  maps: {m}" for m in self.mapping]
         lines += [f"  adapted: {a}" for a in self.adapted]
+        lines += [f"  dropped: {reason} ({sum(r == reason for _, r in self.dropped)} tensors)"
+                  for reason in dict.fromkeys(r for _, r in self.dropped)]
         lines += [f"  mismatched: {k} file {a} vs model {b}" for k, a, b in self.mismatched[:20]]
         if self.missing:
             lines.append(f"  missing (first 10): {self.missing[:10]}")
@@ -130,37 +175,129 @@ def _detect(keys: set[str]) -> str:
     raise CheckpointError("cannot tell the checkpoint's layout (no Swin trunk keys found); pass source=")
 
 
-def _map_keys(sd: dict, source: str, model: torch.nn.Module) -> tuple[dict, list[str]]:
-    """Our key -> tensor, and the file keys that have no place in our model."""
-    out, unused = {}, []
+def foundation_x_layout(seg_heads: str = "trained") -> dict:
+    """``FoundationX`` keyword arguments for the published Foundation X heads: its 11 classification heads and its
+    segmentation branch (``upernet_fx``) with the three trained heads (``seg_heads="trained"``) or all six
+    (``"all"``, the reference's layout, so that a whole checkpoint maps). Pass them on with a backbone size:
+    ``FoundationX("base", **foundation_x_layout())``."""
+    names = FX_TRAINED_SEGMENTATION_HEADS if seg_heads == "trained" else FX_SEGMENTATION_HEADS
+    if seg_heads not in ("trained", "all"):
+        raise ValueError(f"seg_heads must be 'trained' or 'all', got {seg_heads!r}")
+    return {"cls_heads": dict(FX_HEAD_CLASSES["cls"]), "seg_heads": {n: FX_HEAD_CLASSES["seg"][n] for n in names},
+            "head_types": {"seg": "upernet_fx"}}
+
+
+def _map_keys(sd: dict, source: str, model: torch.nn.Module, report: LoadReport) -> dict:
+    """Our key -> tensor; file keys without a place in our model go to ``report`` (unexpected / dropped / aliases)."""
     if source == "cxrfx":
-        return dict(sd), unused
+        return dict(sd)
+    out: dict = {}
     for k, v in sd.items():
         if k.endswith(_DROP_SUFFIXES):
             continue
         if source == "ark":
             if k.startswith(("head", "projector", "omni_heads")):
-                unused.append(k)
+                report.unexpected.append(k)
             else:
                 out["backbone." + k] = v
+    if source == "ark":
+        return out
+    return _map_foundation_x(sd, model, report)
+
+
+def _map_foundation_x(sd: dict, model: torch.nn.Module, report: LoadReport) -> dict:
+    out, groups, local = {}, Counter(), []
+    seg_type = getattr(model, "head_types", {}).get("seg")
+    decoder = getattr(model, "seg_decoder", None)
+    fx_seg = seg_type == "upernet_fx" and decoder is not None
+    shared_smooth = fx_seg and isinstance(decoder.smooth, torch.nn.Conv2d)
+    cls_names, seg_names = getattr(model, "cls_heads", {}), getattr(model, "seg_heads", {})
+    heads = {"cls": {}, "seg": {}}
+    for k, v in sd.items():
+        if k.endswith(_DROP_SUFFIXES):
             continue
-        # foundation_x
-        if not k.startswith("backbone.0."):
-            unused.append(k)
-            continue
-        rest = k[len("backbone.0."):]
-        if rest.startswith(("patch_embed.", "layers.", "norm.")):
+        rest = k[len("backbone.0."):] if k.startswith("backbone.0.") else None
+        if rest is None or rest.startswith("Locnorm"):
+            local.append(k)
+        elif rest.startswith(("patch_embed.", "layers.", "norm.")):
             out["backbone." + rest] = v
-        elif rest.startswith("classification_heads."):
-            index, param = rest.split(".")[1:3]
-            name = FX_CLASSIFICATION_HEADS[int(index)] if int(index) < len(FX_CLASSIFICATION_HEADS) else None
-            if name is not None and name in getattr(model, "cls_heads", {}):
-                out[f"cls_heads.{name}.fc.{param}"] = v
+            groups["trunk"] += 1
+        elif rest.startswith(("classification_heads.", "segmentation_heads.")):
+            kind, index, param = rest.split(".")[:3]
+            task = "cls" if kind.startswith("class") else "seg"
+            names = FX_CLASSIFICATION_HEADS if task == "cls" else FX_SEGMENTATION_HEADS
+            name = names[int(index)] if int(index) < len(names) else None
+            if name is not None and name in (cls_names if task == "cls" else seg_names) and (task == "cls" or fx_seg):
+                out[f"{task}_heads.{name}.{'fc' if task == 'cls' else 'conv'}.{param}"] = v
+                heads[task][int(index)] = name
             else:
-                unused.append(k)
+                report.unexpected.append(k)
+        elif any(rest.startswith(p) for p in _FX_DROPPED):
+            report.dropped.append((k, next(r for p, r in _FX_DROPPED.items() if rest.startswith(p))))
+        elif rest.startswith("segmentation_") and not fx_seg:
+            report.unexpected.append(k)
+            groups["seg_unplaced"] += 1
+        elif rest.startswith("segmentation_FPN.smooth_conv."):
+            index, param = rest.split(".")[2:4]
+            if not shared_smooth:
+                out[f"seg_decoder.smooth.{index}.{param}"] = v
+            elif index == "0":
+                out[f"seg_decoder.smooth.{param}"] = v
+            elif torch.equal(v, sd.get(f"backbone.0.segmentation_FPN.smooth_conv.0.{param}", v.new_empty(0))):
+                report.aliases.append(k)
+            else:
+                report.unexpected.append(k)
+                report.mapping.append(f"{k} differs from smooth_conv.0: not loaded (this model shares one smoothing "
+                                      "conv; build the upernet_fx head with shared_smoothing=False)")
+            groups["fpn"] += 1
         else:
-            unused.append(k)
-    return out, unused
+            for pattern, target in _FX_SEG_KEYS:
+                if re.fullmatch(pattern, rest):
+                    out[re.sub(pattern, target, rest)] = v
+                    groups["psp" if "PPN" in rest else "fpn"] += 1
+                    break
+            else:
+                report.unexpected.append(k)
+    report.unexpected += local
+    report.mapping.append(f"trunk: {groups['trunk']} tensors backbone.0.{{patch_embed,layers,norm}}.* -> backbone.*")
+    for task, placed in heads.items():
+        if placed:
+            kind = "classification_heads" if task == "cls" else "segmentation_heads"
+            report.mapping.append(f"{kind}: " + ", ".join(f"{i} -> {task}_heads.{n}" for i, n in sorted(placed.items())))
+    if fx_seg:
+        report.mapping.append(f"segmentation_PPN: {groups['psp']} tensors -> seg_decoder.psp_branches / psp_bottleneck; "
+                              f"segmentation_FPN: {groups['fpn']} tensors -> seg_decoder.lateral / smooth / fuse"
+                              + (" (smooth_conv.1, .2: aliases of smooth_conv.0, one conv shared by three levels)"
+                                 if shared_smooth else ""))
+    elif groups["seg_unplaced"]:
+        report.mapping.append(f"segmentation branch ({groups['seg_unplaced']} tensors) not loaded: the model's seg head "
+                              f"type is {seg_type!r}; build it with head_types={{'seg': 'upernet_fx'}} "
+                              "(foundation_x_layout())")
+    if local:
+        report.mapping.append(f"localization: {len(local)} tensors (Locnorm*, input_proj, transformer.*) unexpected: "
+                              "the DINO head type is not built in cxrfx yet")
+    return out
+
+
+def _install_task_contracts(model, weight, bias, default: str, contracts: Mapping[str, str], report: LoadReport):
+    """Per-task corrections of the folded patch-embedding conv (``input_contract.py``) for every task of the model
+    whose contract differs from the one folded into ``patch_embed.proj``."""
+    inputs = getattr(model, "task_inputs", None)
+    if inputs is None:
+        return []
+    base_w, base_b, _ = _fold_first_conv(weight, bias, model, "fold", default)
+    keys = []
+    for task, contract in contracts.items():
+        if contract == default or not len(getattr(model, f"{task}_heads", ())):
+            continue
+        w, b, _ = _fold_first_conv(weight, bias, model, "fold", contract)
+        own = model.backbone.patch_embed.proj
+        inputs[task] = TaskInput((w - base_w).to(own.weight.dtype), (b - base_b).to(own.bias.dtype), contract).to(
+            own.weight.device)
+        keys += [f"task_inputs.{task}.weight", f"task_inputs.{task}.bias"]
+        report.adapted.append(f"task_inputs.{task}: the {task} input contract ({contract} normalisation) folded "
+                              "per task (the shared patch_embed.proj carries " + default + ")")
+    return keys
 
 
 def _fold_first_conv(weight: torch.Tensor, bias: torch.Tensor | None, model, mode: str, normalization: str | None):
@@ -190,7 +327,7 @@ def _resize_bias_table(table: torch.Tensor, target: int) -> torch.Tensor:
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, source: str = "auto", key: str | None = None,
                     adapt: str = "fold", normalization: str | None = None, strict: bool = False,
-                    allow_pickle: bool = False) -> LoadReport:
+                    allow_pickle: bool = False, task_normalization: Mapping[str, str] | None = None) -> LoadReport:
     """Load a checkpoint into ``model`` (a :class:`FoundationX`) and report what happened.
 
     Args:
@@ -199,6 +336,9 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, source: str
         adapt: 3-channel first conv -> 1 channel: ``"fold"`` (exact), ``"sum"`` or ``"mean"``.
         normalization: the source's input normalisation for ``fold``: ``"imagenet"`` (Ark default) or
             ``"cxr"`` (Foundation X default).
+        task_normalization: per-task contracts that differ from ``normalization``, applied per task
+            (``input_contract.py``, ``adapt="fold"`` only); default for Foundation X: ``FX_INPUT_CONTRACT``
+            (localization ImageNet, segmentation ImageNet std with mean / 255); ``{}``: one contract for every task.
         strict: raise unless every backbone tensor of the model was loaded.
         allow_pickle: allow full unpickling (runs code from the file: only for files you trust).
 
@@ -219,9 +359,15 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, source: str
         raise CheckpointError(f"{path}: {exc}") from None
     if detected not in ("ark", "foundation_x", "cxrfx"):
         raise CheckpointError(f"{path}: unknown source {source!r}; use auto, ark, foundation_x or cxrfx")
-    mapped, unused = _map_keys(sd, detected, model)
-    report = LoadReport(path=path, source=detected + (f" [{used_key}]" if used_key else ""), unexpected=unused)
+    report = LoadReport(path=path, source=detected + (f" [{used_key}]" if used_key else ""))
+    mapped = _map_keys(sd, detected, model, report)
+    inputs = getattr(model, "task_inputs", None)
+    if inputs is not None:  # per-task contracts belong to the weights they correct: the file's, or none
+        for task in [t for t in inputs if f"task_inputs.{t}.weight" not in mapped]:
+            del inputs[task]
+        create_task_inputs_from_state_dict(model, mapped, "")
     own = model.state_dict()
+    folded = None
     ready = {}
     for k, v in mapped.items():
         if k not in own:
@@ -230,6 +376,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, source: str
         target = own[k]
         if k == "backbone.patch_embed.proj.weight" and v.shape[1] == 3 and target.shape[1] == 1:
             bias_key = "backbone.patch_embed.proj.bias"
+            folded = (v, mapped.get(bias_key))
             v, new_b, note = _fold_first_conv(v, mapped.get(bias_key), model, adapt,
                                               normalization or _DEFAULT_NORMALIZATION.get(detected, "imagenet"))
             if new_b is not None:
@@ -256,12 +403,20 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, source: str
         raise CheckpointError(f"{path}: no tensor of this {detected} checkpoint fits the model: refusing an empty load "
                               f"({len(report.unexpected)} unexpected, {len(report.mismatched)} mismatched keys)")
     model.load_state_dict(ready, strict=False)
+    contract_keys = []
+    if folded is not None and adapt == "fold" and not report.mismatched_in("backbone.patch_embed"):
+        default = normalization or _DEFAULT_NORMALIZATION.get(detected, "imagenet")
+        contracts = task_normalization if task_normalization is not None else (
+            FX_INPUT_CONTRACT if detected == "foundation_x" else {})
+        contract_keys = _install_task_contracts(model, *folded, default, contracts, report)
     backbone = getattr(model, "backbone", None)
     if detected == "ark" and getattr(backbone, "shift_rule", "timm") != "timm":
         backbone.shift_rule = "timm"  # Ark's timm 0.5 Swin does not shift a stage that fits in one window
         report.adapted.append("backbone.shift_rule: 'timm' (no window shift where one window covers the map)")
-    report.loaded = sorted(ready)
-    report.missing = sorted(k for k in own if k not in ready)
+    report.loaded = sorted([*ready, *contract_keys])
+    # the model's own standardisation constants are not weights: a 3-channel source's fold accounts for them
+    own_constants = ("input_mean", "input_std") if folded is not None and adapt == "fold" else ()
+    report.missing = sorted(k for k in own if k not in ready and k not in own_constants)
     if strict and report.missing_in("backbone."):
         raise CheckpointError(f"{path}: backbone tensors missing from the checkpoint: {report.missing_in('backbone.')[:10]}")
     return report

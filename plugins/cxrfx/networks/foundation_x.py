@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cxrfx.networks.heads import DEFAULT_HEAD_TYPES, TASKS, get_head_type
+from cxrfx.networks.input_contract import create_task_inputs_from_state_dict
 from cxrfx.networks.swin import swin
 
 __all__ = ["FoundationX", "TaskNet", "HeadPredictor", "TASKS", "parameter_counts"]
@@ -72,6 +73,9 @@ class FoundationX(nn.Module):
         self.backbone = swin(backbone, in_chans=in_chans, **dict(backbone_kwargs or {}))
         self.register_buffer("input_mean", torch.tensor(float(input_mean)))
         self.register_buffer("input_std", torch.tensor(float(input_std)))
+        # per-task input contracts (``input_contract.py``): empty (no state-dict keys) unless a load sets some
+        self.task_inputs = nn.ModuleDict()
+        self.register_load_state_dict_pre_hook(create_task_inputs_from_state_dict)
         unknown = set(head_types or {}) - set(TASKS) | set(head_options or {}) - set(TASKS)
         if unknown:
             raise ValueError(f"head_types / head_options are per task {TASKS}, got {sorted(unknown)}")
@@ -113,11 +117,15 @@ class FoundationX(nn.Module):
             raise KeyError(f"no {task} head named {head!r}; this model has {names}")
         return head
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Standardise the [0, 1] input and return the four backbone stage maps."""
+    def forward_features(self, x: torch.Tensor, task: str | None = None) -> list[torch.Tensor]:
+        """Standardise the [0, 1] input and return the four backbone stage maps (under ``task``'s input contract
+        when the model has one for it, ``task_inputs``; otherwise the model's single contract)."""
         if x.shape[1] != self.backbone.in_chans:
             raise ValueError(f"expected {self.backbone.in_chans} input channel(s), got shape {tuple(x.shape)}")
-        return self.backbone((x - self.input_mean) / self.input_std)
+        x = (x - self.input_mean) / self.input_std
+        if task is not None and task in self.task_inputs:
+            return self.task_inputs[task](self.backbone, x)
+        return self.backbone(x)
 
     def pooled_feature(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """(B, C) pooled embedding: the classification heads' input and the consistency feature."""
@@ -140,7 +148,7 @@ class FoundationX(nn.Module):
     def shared_features(self, x: torch.Tensor, task: str):
         """The task's shared feature alone (pooled vector, fused map or neck levels), without any head: what
         the teacher contributes to the consistency loss (a RetinaNet head costs a third of the backbone)."""
-        return self.task_features(self.forward_features(x), task)
+        return self.task_features(self.forward_features(x, task), task)
 
     def forward(self, x: torch.Tensor, task: str | None = None, head: str | None = None,
                 return_features: bool = False):
@@ -154,17 +162,21 @@ class FoundationX(nn.Module):
         if task is None:
             task, head = self.default_task, head or self.default_head
         name = self._head(task, head)
-        shared = self.task_features(self.forward_features(x), task)
+        shared = self.task_features(self.forward_features(x, task), task)
         out = self.head_type(task).head_forward(self.heads(task)[name], shared, x.shape[-2:])
         return (out, shared) if return_features else out
 
     def forward_all(self, x: torch.Tensor, tasks: Sequence[str] = TASKS) -> dict[str, object]:
-        """Every head's raw output from one backbone pass: keys ``"<task>/<name>"`` (only ``tasks``)."""
-        feats = self.forward_features(x)
+        """Every head's raw output from one backbone pass (one per distinct input contract): keys
+        ``"<task>/<name>"`` (only ``tasks``)."""
+        passes: dict[str | None, list[torch.Tensor]] = {}
         out: dict[str, object] = {}
         for task in tasks:
             if len(self.heads(task)):
-                head_type, shared = self.head_type(task), self.task_features(feats, task)
+                contract = task if task in self.task_inputs else None
+                if contract not in passes:
+                    passes[contract] = self.forward_features(x, contract)
+                head_type, shared = self.head_type(task), self.task_features(passes[contract], task)
                 out.update({f"{task}/{k}": head_type.head_forward(h, shared, x.shape[-2:])
                             for k, h in self.heads(task).items()})
         return out
