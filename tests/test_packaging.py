@@ -173,9 +173,19 @@ def test_archive_layout_large_files_and_reproducibility(tmp_path):
     again = package_bundle(str(bundle), str(out), weights=str(weights), max_file_bytes=60_000, checks=False,
                            overwrite=True)
     assert Path(again.archive).read_bytes() == first  # fixed timestamps and order: same input, same bytes
-    small = package_bundle(str(bundle), str(tmp_path / "out2"), weights=str(weights), checks=False)
+    # small weights too: the zoo never takes weights in a pull request, large_files.yml lists them
+    small = package_bundle(str(bundle), str(tmp_path / "out2"), weights=str(weights), checks=False,
+                           large_files_url="https://example.org/releases/v0.1.0/")
     with zipfile.ZipFile(small.archive) as zf:
-        assert "cxr_foundation_x_pretraining/models/model.pt" in zf.namelist() and small.large_files == []
+        assert "cxr_foundation_x_pretraining/models/model.pt" not in zf.namelist()
+        listed = yaml.safe_load(zf.read("cxr_foundation_x_pretraining/large_files.yml"))["large_files"]
+    assert listed == [{"path": "models/model.pt",
+                       "url": "https://example.org/releases/v0.1.0/cxr_foundation_x_pretraining_v0.1.0_model.pt",
+                       "hash_val": hashlib.sha256(weights.read_bytes()).hexdigest(), "hash_type": "sha256"}]
+    inside = package_bundle(str(bundle), str(tmp_path / "out3"), weights=str(weights), checks=False,
+                            weights_in_archive=True)
+    with zipfile.ZipFile(inside.archive) as zf:
+        assert "cxr_foundation_x_pretraining/models/model.pt" in zf.namelist() and inside.large_files == []
 
 
 # ---------------------------------------------------------------- safe unpacking

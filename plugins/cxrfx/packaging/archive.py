@@ -2,7 +2,7 @@
 
 Order: cheap metadata checks (refuse early) -> stage ``<zoo_name>/`` in a scratch folder (configs, docs,
 LICENSE, vendored ``scripts/cxrfx`` formatted with the Model Zoo's isort / black settings, weights) -> network checks in a separate process on the staged copy ->
-files over 25 MB move beside the archive and into ``large_files.yml`` with their sha256 -> a reproducible zip
+the weights and files over 25 MB move beside the archive and into ``large_files.yml`` with their sha256 -> a reproducible zip
 (sorted entries, fixed timestamps and modes) written atomically. Nothing is written to ``--out`` unless every
 check passed. The bundle's own ``models/``, ``data/`` and ``eval/`` (training runs) are never copied: weights
 come only from ``--weights``.
@@ -97,9 +97,10 @@ def _stage(bundle_dir: str, stage: str, weights: str | None, package: str) -> li
 
 
 def _large_files(bundle_dir: str, stage: str, side_dir: str, max_bytes: int, prefix: str,
-                 base_url: str | None) -> list[dict[str, Any]]:
-    """Move files over ``max_bytes`` to ``side_dir`` as flat upload names ``<prefix>_<file name>`` and write
-    ``large_files.yml`` (the bundle's own entries + the moved files, URL ``base_url/<upload name>``)."""
+                 base_url: str | None, weights_in_archive: bool = False) -> list[dict[str, Any]]:
+    """Move the weights (``models/``, unless ``weights_in_archive``) and files over ``max_bytes`` to ``side_dir`` as
+    flat upload names ``<prefix>_<file name>`` and write ``large_files.yml`` (the bundle's own entries + the moved
+    files, URL ``base_url/<upload name>``)."""
     import yaml
 
     entries = []
@@ -110,7 +111,7 @@ def _large_files(bundle_dir: str, stage: str, side_dir: str, max_bytes: int, pre
     moved = []
     for rel in _walk(stage):
         path = os.path.join(stage, rel)
-        if os.path.getsize(path) > max_bytes:
+        if os.path.getsize(path) > max_bytes or (rel.startswith("models/") and not weights_in_archive):
             upload = f"{prefix}_{os.path.basename(rel)}"  # release assets are flat: name says bundle and version
             target = os.path.join(side_dir, upload)
             if os.path.exists(target):
@@ -157,7 +158,8 @@ def _write_zip(stage: str, name: str, target: str) -> list[str]:
 
 def package_bundle(bundle_dir: str, out_dir: str, weights: str | None = None, schema: str | None = None,
                    overwrite: bool = False, max_file_bytes: int = MAX_FILE_BYTES, package: str = "cxrfx",
-                   large_files_url: str | None = None, checks: bool = True) -> PackageResult:
+                   large_files_url: str | None = None, checks: bool = True,
+                   weights_in_archive: bool = False) -> PackageResult:
     """Check ``bundle_dir`` and write ``out_dir/<zoo_name>_v<version>.zip`` (see module docstring).
 
     Args:
@@ -168,9 +170,14 @@ def package_bundle(bundle_dir: str, out_dir: str, weights: str | None = None, sc
             a change needs a version bump and a changelog line).
         max_file_bytes: larger files go to ``large_files.yml`` (the zoo's limit is 25 MB) and, as
             ``<zoo_name>_v<version>_<file name>``, to ``<out>/<zoo_name>_v<version>_large_files/`` for upload.
-        large_files_url: where those files will be uploaded (e.g. a GitHub release's download URL); their
-            entries get ``<large_files_url>/<upload name>``, else a placeholder to replace before release.
+        large_files_url: where those files will be uploaded (e.g. a GitHub release's download URL; default
+            ``$CXRFX_LARGE_FILES_URL``); their entries get ``<large_files_url>/<upload name>``, else the bundle's
+            own ``large_files.yml`` URL for that path, else a placeholder to replace before release.
         checks: False skips the network checks (for tests of the archive layout only).
+        weights_in_archive: keep ``models/model.pt`` / ``model.ts`` inside the archive when they are at most
+            ``max_file_bytes``. Default False, the Model Zoo's rule: weights are never committed (its pre-commit
+            refuses files over 1 MB); ``large_files.yml`` lists them (path, url, hash_val, hash_type sha256) and
+            ``monai.bundle download_large_files`` fetches and checks them.
 
     Raises:
         BundleCheckError: listing every failed check; nothing is written then.
@@ -207,7 +214,9 @@ def package_bundle(bundle_dir: str, out_dir: str, weights: str | None = None, sc
         if report["problems"]:
             raise BundleCheckError(bundle_dir, report["problems"])
         side = os.path.join(scratch, "large")
-        moved = _large_files(bundle_dir, stage, side, max_file_bytes, f"{name}_v{version}", large_files_url)
+        base_url = large_files_url or os.environ.get("CXRFX_LARGE_FILES_URL") or None
+        moved = _large_files(bundle_dir, stage, side, max_file_bytes, f"{name}_v{version}", base_url,
+                             weights_in_archive)
         members = _write_zip(stage, name, archive)
         side_dir = None
         if moved:
