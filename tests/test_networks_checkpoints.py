@@ -362,3 +362,18 @@ def test_fx_unshared_smoothing_loads_the_shared_conv_into_each_level(fx_referenc
     x = _gray(fx_reference)
     with torch.no_grad():
         torch.testing.assert_close(separate(x, task="seg", head="chestx_det"), shared(x, task="seg", head="chestx_det"))
+
+
+def test_fx_per_task_contract_trains_the_shared_conv_and_exports(fx_reference, tmp_path):
+    from cxrfx.networks import TaskNet
+    from cxrfx.networks.export import export_torchscript
+
+    model = _fx_model(fx_reference, **foundation_x_layout("trained"))
+    load_checkpoint(model, FX_CKPT)
+    x = _gray(fx_reference)
+    model(x, task="seg", head="siim_acr").sum().backward()  # the correction is a buffer: the shared conv learns
+    assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in model.task_inputs.parameters())
+    traced = export_torchscript(TaskNet("seg", "candid_ptx", network=model), x, tmp_path / "seg.ts")
+    with torch.no_grad():
+        _assert_close(traced(x)[..., ::3, ::3], fx_reference["seg_logits_every3"][2], "TorchScript seg head")

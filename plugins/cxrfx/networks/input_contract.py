@@ -37,9 +37,10 @@ class TaskInput(nn.Module):
     def forward(self, backbone: nn.Module, x: torch.Tensor):
         """The backbone's forward on the standardised input ``x`` with the corrected patch embedding."""
         proj = backbone.patch_embed.proj
-        return torch.func.functional_call(
-            backbone, {"patch_embed.proj.weight": proj.weight + self.weight, "patch_embed.proj.bias": proj.bias + self.bias},
-            (x,))
+        corrected = {"patch_embed.proj.weight": proj.weight + self.weight, "patch_embed.proj.bias": proj.bias + self.bias}
+        # torch.func.functional_call refuses to run under torch.jit.trace; the context manager it wraps does not
+        with torch.nn.utils.stateless._reparametrize_module(backbone, corrected):
+            return backbone(x)
 
 
 def create_task_inputs_from_state_dict(module: nn.Module, state_dict, prefix: str, *args) -> None:
