@@ -75,6 +75,16 @@ def machine() -> dict:
     return info
 
 
+def mean_std(values, digits: int = 3) -> str:
+    """``mean ± std`` (sample std) of the values that are not NaN; one value as is, none as a dash."""
+    values = [v for v in values if v == v]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
 def emit(result: dict) -> None:
     """Print the benchmark's result as the last line of stdout (``run_all`` reads it)."""
     sys.stdout.write(json.dumps(result) + "\n")

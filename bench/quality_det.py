@@ -45,6 +45,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from common import mean_std as _ms  # noqa: E402
+
 BINS = {"subtle": (-np.inf, 1.0), "moderate": (1.0, 3.0), "conspicuous": (3.0, np.inf)}
 BEGIN, END = "<!-- quality_det.py: begin (generated) -->", "<!-- quality_det.py: end -->"
 
@@ -206,15 +208,6 @@ def evaluate(net, detector, datalist: str, size: int, batch: int) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- report
-
-def _ms(values) -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
 
 def curve_report(curves: dict) -> list[str]:
     """The learning-curve study: held-out scores by training-set size and iterations (mean ± std over seeds)."""
