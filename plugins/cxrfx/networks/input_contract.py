@@ -56,4 +56,5 @@ def create_task_inputs_from_state_dict(module: nn.Module, state_dict, prefix: st
             task = key[len(head):-len(".weight")]
             bias = state_dict.get(f"{head}{task}.bias")
             if task not in inputs and "." not in task and bias is not None:
-                inputs[task] = TaskInput(torch.zeros_like(state_dict[key]), torch.zeros_like(bias))
+                device = next(module.buffers(), torch.empty(0)).device  # the model's, not the incoming tensors' (map_location)
+                inputs[task] = TaskInput(torch.zeros_like(state_dict[key]), torch.zeros_like(bias)).to(device)
