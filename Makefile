@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.cxrfx-installed
 DEMO_OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean label-env label bench
+.PHONY: demo test install clean label-env label bench zoo-check
 
 install: $(STAMP)
 
@@ -41,3 +41,12 @@ label-env:
 
 label: label-env
 	PYTHONPATH=$(CURDIR)/plugins $$($(PYTHON) plugins/cxrfx/label/env.py) -m cxrfx.label serve --port $(LABEL_PORT) $(LABEL_ARGS)
+
+# The Model Zoo's own CI run offline on the three packaged bundles (its pre-commit hooks, isort / black / flake8,
+# ci/verify_bundle.py min and full, its unit-test runner on our test_<zoo_name>.py) against a local copy of the
+# zoo's files; fetches nothing. Table: runs/zoo-check/zoo_check.md. make zoo-check ZOO=/path/to/model-zoo
+ZOO ?=
+ZOO_ARGS ?=
+zoo-check: $(STAMP)
+	@test -n "$(ZOO)" || { echo "usage: make zoo-check ZOO=/path/to/a/copy/of/model-zoo [ZOO_ARGS='--bundles finetune_seg']"; exit 2; }
+	$(PY) -m cxrfx.packaging.zoo_check --zoo "$(ZOO)" $(ZOO_ARGS)

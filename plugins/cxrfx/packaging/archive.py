@@ -3,7 +3,8 @@
 Order: cheap metadata checks (refuse early) -> stage ``<zoo_name>/`` in a scratch folder (configs, docs,
 LICENSE, vendored ``scripts/cxrfx`` formatted with the Model Zoo's isort / black settings, weights) -> network checks in a separate process on the staged copy ->
 the weights and files over 25 MB move beside the archive and into ``large_files.yml`` with their sha256 -> a reproducible zip
-(sorted entries, fixed timestamps and modes) written atomically. Nothing is written to ``--out`` unless every
+(sorted entries, fixed timestamps and modes) written atomically, and beside it the bundle's Model Zoo unit test
+``<zoo_name>_v<version>_zoo_ci/test_<zoo_name>.py`` (``zoo_tests.py``). Nothing is written to ``--out`` unless every
 check passed. The bundle's own ``models/``, ``data/`` and ``eval/`` (training runs) are never copied: weights
 come only from ``--weights``.
 """
@@ -27,6 +28,7 @@ from cxrfx.packaging.checks import (
     check_schema, check_version, run_workflow_checks, zoo_name,
 )
 from cxrfx.packaging.style import format_python_tree
+from cxrfx.packaging.zoo_tests import ZOO_TESTS, write_zoo_test
 from cxrfx.packaging.vendor import add_bootstrap_import, format_json_file, plan_vendoring, write_vendored
 
 __all__ = ["PackageResult", "package_bundle", "sha256_file", "LARGE_FILES_URL_PLACEHOLDER"]
@@ -47,6 +49,7 @@ class PackageResult:
     vendored_modules: list[str] = field(default_factory=list)
     check_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    zoo_unit_test: str | None = None  # test_<name>.py for the Model Zoo's ci/unit_tests/ (beside the archive)
 
 
 def sha256_file(path: str) -> str:
@@ -223,6 +226,10 @@ def package_bundle(bundle_dir: str, out_dir: str, weights: str | None = None, sc
             side_dir = os.path.join(os.path.abspath(out_dir), f"{name}_v{version}_large_files")
             shutil.rmtree(side_dir, ignore_errors=True)
             shutil.move(side, side_dir)
+    zoo_test = None
+    if os.path.basename(bundle_dir) in ZOO_TESTS:  # the submission's unit test, for the zoo's ci/unit_tests/
+        zoo_test = write_zoo_test(bundle_dir, name, os.path.join(os.path.abspath(out_dir), f"{name}_v{version}_zoo_ci"))
     return PackageResult(archive=archive, name=name, version=version, size_bytes=os.path.getsize(archive),
                          files=members, large_files=moved, large_files_dir=side_dir, vendored_modules=modules,
-                         check_seconds=report.get("seconds", {}), seconds=round(time.time() - started, 1))
+                         check_seconds=report.get("seconds", {}), seconds=round(time.time() - started, 1),
+                         zoo_unit_test=zoo_test)
