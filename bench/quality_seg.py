@@ -133,6 +133,67 @@ def monai_unet():
                 strides=(2, 2, 2, 2), num_res_units=2, norm="batch")
 
 
+def resolution_ceiling(datalist: str, size: int, stride: int = 4) -> dict:
+    """Test-split Dice of a perfect stride-``stride`` output: the masks averaged over ``stride``² blocks, upsampled
+    bilinearly to ``size`` (the decoders' output path) and thresholded at 0.5, against the masks themselves."""
+    from torch.nn.functional import avg_pool2d, interpolate
+
+    from cxrfx.data.multitask import build_sources
+    from cxrfx.metrics import dice_per_image
+
+    loader = build_sources({"organs": {"datalist": datalist, "tasks": ["seg"]}}, "test", size, 8,
+                           train=False)["seg/organs"]
+    masks = torch.cat([b["mask"].float() for b in loader])
+    up = interpolate(avg_pool2d(masks, stride), size=masks.shape[-2:], mode="bilinear", align_corners=False)
+    scores = dice_per_image(up.clamp(0, 1), masks)
+    return {"stride": stride, "dice_fx": float(scores.mean()),
+            "per_class": {c: float(scores[:, i].mean()) for i, c in enumerate(CLASSES)}}
+
+
+def step_costs(size: int, batch: int, rounds: int) -> dict:
+    """Median CPU seconds of one training step per arm (forward, the arm's loss, backward, AdamW) on one fixed random
+    batch, on one thread (``time.thread_time``: other jobs on the machine do not inflate it, and a single thread
+    does not spin-wait), the arms timed in alternating rounds after one warm-up step each."""
+    from cxrfx.engines.losses import DiceBCELoss
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, 1, size, size, generator=gen)
+        y = (torch.rand(batch, len(CLASSES), size, size, generator=gen) > 0.5).float()
+        steps = {}
+        for arm in ARMS:
+            if arm == "monai_unet":
+                net, loss_fn = monai_unet(), DiceBCELoss()
+                loss = (lambda n, f: lambda: f(n(x), y))(net, loss_fn)
+            else:
+                with tempfile.TemporaryDirectory() as workdir:
+                    net = bundle_parser(size, batch, 10, 0, workdir, arm).get_parsed_content("network_def")
+                criterion = net.head_type("seg").criterion(net, net.default_head)
+                loss = (lambda n, c: lambda: c(n(x), x, {"mask": y}))(net, criterion)
+            optimizer = torch.optim.AdamW(net.parameters(), 1e-4)
+
+            def step(loss=loss, optimizer=optimizer, net=net):
+                net.train()
+                optimizer.zero_grad(set_to_none=True)
+                loss().backward()
+                optimizer.step()
+            steps[arm] = step
+        times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+        for r in range(rounds + 1):
+            for arm, step in steps.items():
+                start = time.thread_time()
+                step()
+                if r:  # round 0 warms up
+                    times[arm].append(time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {"size": size, "batch": batch, "rounds": rounds, "threads": 1,
+            "cpu_s": {arm: round(statistics.median(t), 2) for arm, t in times.items()},
+            "load_average": round(os.getloadavg()[0], 2)}
+
+
 def n_params(net: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in net.parameters()))
 
@@ -292,8 +353,8 @@ def variants_report(results: dict, variants: dict) -> list[str]:
     return lines + [""]
 
 
-def report(results: dict, meta: dict, excluded: dict | None = None, variants: dict | None = None
-           ) -> tuple[str, str]:
+def report(results: dict, meta: dict, excluded: dict | None = None, variants: dict | None = None,
+           step_cost: dict | None = None) -> tuple[str, str]:
     """(the docs/results.md section, the finetune_seg README table)."""
     # a budget gets the arm tables once every arm has a run at it (the others are in the settings table)
     budgets = sorted(it for it in {r["iterations_budget"] for r in results.values()}
@@ -336,6 +397,17 @@ def report(results: dict, meta: dict, excluded: dict | None = None, variants: di
                 lines.append(f"| {arm} | " + " | ".join(
                     f"{_ms([r['test']['per_class'][c]['dice_fx'] for r in runs])} / "
                     f"{_ms([r['test']['per_class'][c]['hd95'] for r in runs], 1)}" for c in CLASSES) + " |")
+        ceiling = meta.get("ceiling")
+        if ceiling:
+            lines += ["", f"A perfect stride-{ceiling['stride']} output (the test masks averaged over "
+                      f"{ceiling['stride']} × {ceiling['stride']} blocks, upsampled bilinearly as the UperNet and "
+                      f"UNet++ outputs are, thresholded at 0.5) scores `dice_fx` {ceiling['dice_fx']:.3f} ("
+                      + ", ".join(f"{SHORT[c]} {v:.3f}" for c, v in ceiling["per_class"].items()) + ")."]
+        cost = step_cost
+        if cost:
+            lines += ["", f"One training step on CPU (batch {cost['batch']}, {cost['size']} px, one thread, thread CPU "
+                      f"time, median of {cost['rounds']} alternating rounds; load average {cost['load_average']}): "
+                      + ", ".join(f"{arm} {cost['cpu_s'][arm]:.2f} s" for arm in ARMS if arm in cost["cpu_s"]) + "."]
         per_seed = []
         for seed in sorted({r["seed"] for r in results.values()}):
             got = {arm: results.get(f"{arm}/{it}/{seed}") for arm in ARMS}
@@ -384,7 +456,8 @@ def write_between(doc: Path, text: str, begin: str, end: str, heading: str) -> N
 
 def publish(stored: dict, doc: Path, readme: Path) -> None:
     """Both generated sections from the stored runs."""
-    doc_text, readme_text = report(stored["runs"], stored["meta"], stored.get("excluded"), stored.get("variants"))
+    doc_text, readme_text = report(stored["runs"], stored["meta"], stored.get("excluded"), stored.get("variants"),
+                                   stored.get("step_cost"))
     write_between(doc, doc_text, BEGIN, END, "# Segmentation quality (`bench/quality_seg.py`)")
     write_between(readme, readme_text, README_BEGIN, README_END, "### Against MONAI's UNet")
     print(doc_text)
@@ -413,6 +486,8 @@ def main(argv=None) -> None:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
                     help="bundle overrides for the finetune_seg arms (e.g. backbone_lr=1e-3 mode='\"full\"'); "
                          "with --set or a --unet-lr other than the default the runs are a variant, stored apart")
+    ap.add_argument("--step-cost", type=int, default=0, metavar="ROUNDS",
+                    help="also time one training step per arm on one CPU thread, median of ROUNDS rounds (stored)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 6 images at 64 px, 64 px input, batch 2, 2 iterations, seed 0 (overrides those)")
@@ -434,6 +509,7 @@ def main(argv=None) -> None:
     if stored["meta"] and {k: stored["meta"].get(k) for k in same} != {k: meta[k] for k in same}:
         print("stored runs are of another setting: starting afresh")
         stored = {"meta": {}, "runs": {}}
+    meta["ceiling"] = resolution_ceiling(datalist, a.size)
     stored["meta"] = meta
     for key in stored.get("excluded", {}):
         stored["runs"].pop(key, None)  # set aside with its reason: run it again
@@ -459,6 +535,10 @@ def main(argv=None) -> None:
                 print(f"{key}: test dice_fx {r['test']['dice_fx']:.3f}, dice_global {r['test']['dice_global']:.3f}, "
                       f"HD95 {r['test']['hd95']:.1f} px, {r['iterations']} it, {r['train_wall_s']:.0f} s wall, "
                       f"{r['cpu_s_per_it']:.2f} CPU s/it", flush=True)
+    if a.step_cost and not a.report_only:
+        stored["step_cost"] = step_costs(a.size, a.batch, a.step_cost)
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(stored, indent=1, default=float))
     publish(stored, Path(a.doc), Path(a.readme))
 
 

@@ -24,7 +24,7 @@ def test_quick_run_writes_results_and_sections(tmp_path):
     readme.write_text(f"## Performance\n\nbefore\n\n{qs.README_BEGIN}\nold table\n{qs.README_END}\n\nafter\n")
     args = ["--quick", "--data", str(tmp_path / "data"), "--results", str(results), "--doc", str(doc),
             "--readme", str(readme)]
-    qs.main(args)
+    qs.main(args + ["--step-cost", "1"])
     stored = json.loads(results.read_text())
     assert set(stored["runs"]) == {f"{arm}/2/0" for arm in qs.ARMS}
     for run in stored["runs"].values():
@@ -34,11 +34,14 @@ def test_quick_run_writes_results_and_sections(tmp_path):
             assert 0.0 <= scores["dice_fx"] <= 1.0 and 0.0 <= scores["dice_global"] <= 1.0
             assert set(scores["per_class"]) == set(qs.CLASSES)
     assert stored["meta"]["splits"] == {"training": 4, "validation": 1, "test": 1}
+    assert 0.0 < stored["meta"]["ceiling"]["dice_fx"] <= 1.0
+    assert set(stored["step_cost"]["cpu_s"]) == set(qs.ARMS)
     text = doc.read_text()
     assert "det table" in text and text.count(qs.BEGIN) == 1 and text.count(qs.END) == 1
     section = text[text.index(qs.BEGIN):text.index(qs.END)]
     for arm in qs.ARMS:
         assert f"| {arm} | 1 |" in section
+    assert "A perfect stride-4 output" in section and "One training step on CPU" in section
     table = readme.read_text()
     assert "before" in table and "after" in table and "old table" not in table
     assert table.count(qs.README_BEGIN) == 1 and qs.ARM_TEXT["monai_unet"] in table
