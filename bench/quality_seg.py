@@ -263,7 +263,7 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
                   "it_per_s_wall": round(done / max(wall_s, 1e-9), 3),
                   "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                   "device": torch.cuda.get_device_name(0) if str(device).startswith("cuda") else "cpu",
-                  "workers": workers,
+                  "workers": workers, "threads": torch.get_num_threads(),
                   "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else float("nan")}
         for split in ("validation", "test"):
             result[split] = evaluate(net, datalist, split, size, batch, device)
@@ -480,6 +480,9 @@ def main(argv=None) -> None:
     ap.add_argument("--readme", default=str(BUNDLE / "docs" / "README.md"))
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]; the runs record where they ran")
     ap.add_argument("--workers", type=int, default=0, help="data-loader worker processes (augmentation)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (on cores shared with other jobs 1 is faster: threads spin-wait for each "
+                         "other)")
     ap.add_argument("--concurrent", action="store_true",
                     help="mark the runs as sharing the machine with other runs of this script: their times are "
                          "kept out of the speed columns")
@@ -494,7 +497,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.quick:
         a.count, a.phantom_size, a.size, a.batch, a.iterations, a.seeds = 6, 64, 64, 2, 2, [0]
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     results_path = Path(a.results)
     stored = json.loads(results_path.read_text()) if results_path.exists() else {"meta": {}, "runs": {}}
     if a.report_only and stored["meta"]:
