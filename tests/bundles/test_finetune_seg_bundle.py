@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from monai.bundle import verify_metadata
 
 from cxrfx.errors import MissingWeightsError
@@ -122,3 +123,21 @@ def test_export_round_trip(trained):
     root, _ = trained
     _, _, out = export_round_trip(BUNDLE, root)
     assert out.shape == (1, len(CLASSES), 64, 64)
+
+
+def test_unetpp_head_type_trains_evaluates_and_infers(tmp_path, phantom):
+    """``head_type: unetpp`` (the head registry's UNet++) through the whole bundle: train, evaluate, infer."""
+    settings = {"head_type": "unetpp", "finetune": False, "iterations": 4, "val_interval": 4}
+    proc = run_bundle(BUNDLE, ["train.json", "demo.json"], tmp_path, dataset_dir=str(phantom), **settings)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=True)["student"]
+    assert "seg_decoder.nodes.2.0.1.0.weight" in state  # X[0][3]'s second conv: the nested decoder was trained
+    assert state["seg_heads.organs.convs.2.weight"].shape[0] == len(CLASSES)  # a deep-supervision conv per node
+    proc = run_bundle(BUNDLE, ["train.json", "demo.json", "evaluate.json"], tmp_path, dataset_dir=str(phantom),
+                      head_type="unetpp")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "student/seg/organs/dice_fx" in (tmp_path / "eval" / "metrics.csv").read_text()
+    proc = run_bundle(BUNDLE, ["inference.json", "demo.json"], tmp_path, head_type="unetpp",
+                      input_path=str(phantom / "phantom_seg" / "datalist.json"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list((tmp_path / "eval" / "predictions").glob("*_organs_heart.png"))) == 2
