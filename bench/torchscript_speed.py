@@ -6,6 +6,7 @@ prints the largest absolute difference of every variant's stage maps from eager.
 (``scripted / eager``); the machines are shared.
 
     nice -n 19 .venv/bin/python bench/torchscript_speed.py [--size base] [--image 224] [--repeats 7] [--before HEAD]
+        [--bundle finetune_seg]   # a bundle's whole network_def (needs its heads to script)
 """
 
 from __future__ import annotations
@@ -48,11 +49,23 @@ def main() -> None:
     p.add_argument("--before", default="HEAD", help="git revision of swin.py for the 'eager_before' variant; "
                                                      "'' to leave it out")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--bundle", default="", help="time a bundle's network_def (inference.json, --size as its "
+                                                "backbone) instead of the bare backbone; --before is then unused")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    eager = swin(a.size, stem="conv").eval()
+    if a.bundle:
+        from monai.bundle import ConfigParser
+
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "bundles" / a.bundle / "configs" / "inference.json"))
+        parser["bundle_root"] = str(ROOT / "bundles" / a.bundle)
+        parser["backbone"] = a.size
+        eager = parser.get_parsed_content("network_def").eval()
+        a.before = ""
+    else:
+        eager = swin(a.size, stem="conv").eval()
     x = torch.rand(a.batch, 1, a.image, a.image)
     models = {"eager": eager}
     if a.before:
@@ -64,11 +77,12 @@ def main() -> None:
     models["scripted"] = torch.jit.script(eager)
     with torch.no_grad():
         reference = eager(x)
-        diffs = {name: max((r - o).abs().max().item() for r, o in zip(reference, m(x)))
+        as_list = (lambda out: [out] if isinstance(out, torch.Tensor) else list(out))  # noqa: E731
+        diffs = {name: max((r - o).abs().max().item() for r, o in zip(as_list(reference), as_list(m(x))))
                  for name, m in models.items()}
         # TorchScript's profiling executor specialises during the first calls: warm up beyond one call
         times = interleaved_medians({name: (lambda m=m: m(x)) for name, m in models.items()}, a.repeats, warmup=3)
-    emit({"machine": machine(), "swin": a.size, "image": a.image, "batch": a.batch, "threads": torch.get_num_threads(),
+    emit({"machine": machine(), "network": a.bundle or "swin backbone", "swin": a.size, "image": a.image, "batch": a.batch, "threads": torch.get_num_threads(),
           "seconds": {k: round(v, 4) for k, v in times.items()},
           "ratio_to_eager": {k: round(v / times["eager"], 3) for k, v in times.items()},
           "max_abs_diff_to_eager": diffs})
