@@ -75,6 +75,21 @@ def test_inference_initialises_without_weights_and_names_the_missing_file(name, 
     assert str(info.value).startswith(f"{bundle / 'models' / 'model.pt'}: no weights file there")
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_inference_initialises_before_its_input_exists(name, tmp_path):
+    """A fresh download: neither weights nor the default input (the phantom's datalist) exist yet; the config
+    still initialises, and running it names the missing input."""
+    from cxrfx.errors import CXRFXError
+
+    bundle = _bare_copy(name, tmp_path / name)
+    wf = _workflow(bundle, ["inference.json"], "infer", input_path=str(tmp_path / "not_yet"))
+    wf.initialize()
+    assert wf.check_properties() == []
+    evaluator = wf.parser.get_parsed_content("evaluator")
+    with pytest.raises(CXRFXError, match="not_yet: input not found"):
+        evaluator.run()  # the run itself (the weights loader would name its missing file first)
+
+
 def test_missing_weights_is_one_line_under_monai_bundle_run(tmp_path, images):
     bundle = _bare_copy("foundation_x", tmp_path / "fx")
     configs = bundle / "configs"

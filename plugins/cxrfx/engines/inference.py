@@ -23,7 +23,7 @@ from cxrfx.io.transforms import LoadCXRd, NormalizeCXRd
 from cxrfx.networks.foundation_x import HeadPredictor
 from cxrfx.outputs.predictions import PredictionWriter, restore_predictions
 
-__all__ = ["MultiTaskPredictor", "prediction_dataset"]
+__all__ = ["MultiTaskPredictor", "PredictionDataset", "prediction_dataset"]
 
 
 class _SafeLoad:
@@ -45,16 +45,39 @@ class _SafeLoad:
         return {"path": item["image"], "image": d["image"].as_tensor(), "original": original}
 
 
+class PredictionDataset(Dataset):
+    """Every image under ``input_path``, listed when first used, not when the dataset is built: a bundle's
+    inference config then initialises (``check_properties``) before its input exists, e.g. right after
+    ``monai.bundle download``, and a missing input is the run's error, naming the path."""
+
+    def __init__(self, input_path: str, size: int = 224, split: str = "test"):
+        super().__init__([], _SafeLoad(size))
+        self.input_path, self.split, self._listed = str(input_path), split, False
+
+    def _list(self) -> None:
+        if self._listed:
+            return
+        if self.input_path.endswith(".json"):
+            from cxrfx.data.datalist import load_datalist
+
+            paths = [item["image"] for item in load_datalist(self.input_path, self.split)]
+        else:
+            paths = list_images(self.input_path)
+        self.data, self._listed = [{"image": p} for p in paths], True
+
+    def __len__(self) -> int:
+        self._list()
+        return super().__len__()
+
+    def __getitem__(self, index):
+        self._list()
+        return super().__getitem__(index)
+
+
 def prediction_dataset(input_path: str, size: int = 224, split: str = "test") -> Dataset:
     """A dataset of every image under ``input_path`` (file or folder; a datalist ``.json``: its ``split``),
-    preprocessed for the network."""
-    if str(input_path).endswith(".json"):
-        from cxrfx.data.datalist import load_datalist
-
-        paths = [item["image"] for item in load_datalist(input_path, split)]
-    else:
-        paths = list_images(input_path)
-    return Dataset([{"image": p} for p in paths], _SafeLoad(size))
+    preprocessed for the network (:class:`PredictionDataset`: listed at first use)."""
+    return PredictionDataset(input_path, size, split)
 
 
 class MultiTaskPredictor(Evaluator):
@@ -68,13 +91,18 @@ class MultiTaskPredictor(Evaluator):
     def __init__(self, device, dataset: Dataset, network: torch.nn.Module, writer: PredictionWriter,
                  image_size: int = 224, det_classes: Mapping[str, Sequence[str]] | None = None, **kwargs):
         loader = DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=lambda batch: batch[0])
-        super().__init__(device=device, val_data_loader=loader, epoch_length=len(dataset), decollate=False, **kwargs)
+        # the length is known at run time (the dataset lists its input then): a placeholder until run()
+        super().__init__(device=device, val_data_loader=loader, epoch_length=1, decollate=False, **kwargs)
         self.network = network.module if hasattr(network, "module") else network
         self.writer, self.image_size = writer, image_size
         self.det_classes = dict(det_classes or {})
         self.predictor = HeadPredictor(self.network, {"det": {"score_thresh": 0.05}})
         self.failures: list[str] = []
         self.run_log = logging.getLogger("cxrfx.predict")  # ignite keeps its own self.logger
+
+    def run(self) -> None:
+        self.state.epoch_length = len(self.data_loader)  # lists the input: a missing one is named here
+        super().run()
 
     @torch.no_grad()
     def _iteration(self, engine, item: Mapping) -> dict:
