@@ -1,23 +1,26 @@
-"""Few-shot fine-tuning on the phantom: from scratch vs single-task pretraining vs Foundation X pretraining.
+"""Few-shot fine-tuning on the phantom population: does Foundation X pretraining transfer? (the paper's claim)
 
-The paper's downstream claim (Foundation X, WACV 2025: few-shot JSRT-clavicle Dice, VinDr localization), on
-what a 2-core CPU allows. Every step runs a bundle (in-process, through ``monai.bundle.scripts.run``, the
-function ``python -m monai.bundle run`` calls; the equivalent command of every run is stored in the results):
+The paper's downstream claim (Foundation X, WACV 2025: few-shot JSRT-clavicle Dice), measured where it can show:
 
-1. Data. Pretraining phantom (seed 0) and a separate downstream phantom (seed 1): different renders of the same
-   CT. The pretraining segmentation source keeps only ribs, pneumothorax and effusion, so the downstream organs
-   (lungs, heart, clavicles) are a task no pretraining saw, as JSRT was for Foundation X.
-2. Pretraining with ``bundles/foundation_x`` (tiny Swin), both with the same number of iterations and the EMA
-   teacher: (b) single-task = classification only over the three datasets' labels (Ark's recipe);
-   (c) Foundation X = the phantom Lock-Release cycle over labels, boxes and masks.
-3. Fine-tuning with ``bundles/finetune_seg`` (organs) and ``bundles/finetune_det`` (nodules and masses) on N
-   training images chosen by seed (``--few_shot N --few_shot_seed s``), from (a) scratch, (b) and (c) (the
-   teacher of ``last.pt``), all with the same iterations, learning rates and mode; test-split Dice / AP50.
+1. Data. Two phantom populations of synthetic patients (``--pretrain_seed``, ``--downstream_seed``: disjoint
+   patients, each with its own anatomy and appearance). The pretraining segmentation source keeps only ribs,
+   pneumothorax and effusion, so the downstream organs (lungs, heart, clavicles) are a task no pretraining saw,
+   as JSRT's organs were for Foundation X.
+2. Pretraining with ``bundles/foundation_x`` (demo backbone, ``--size`` px), every arm with the same number of
+   iterations: (b) classification only over the three datasets' labels (Ark's recipe); (c) Foundation X, the
+   phantom Lock-Release cycle over labels, boxes and masks with the EMA teacher; (d) (c) without lock phases;
+   (e) (c) without the teacher (no consistency term; the student is fine-tuned).
+3. Fine-tuning ``bundles/finetune_seg`` (organs) on N training images chosen by seed (``--few_shot N
+   --few_shot_seed s``; one seed's sets are nested) from (a) scratch and (b)-(e), and (f) a MONAI UNet from
+   scratch (what a user would pick instead) on the same images, pipeline and iterations; its held-out Dice is
+   also scored along a longer run, so it can be compared at equal CPU time. Test-split ``dice_fx``.
+4. Statistics: per shot count, paired differences over seeds (the same images and seed in both arms), the
+   exact Wilcoxon signed-rank test (two-sided) and how many pairs favour each arm; declared before the runs.
 
     python bench/few_shot.py --out runs/few_shot --results docs/results.md
 
-Writes ``<out>/results.json`` (every run: arm, shots, seed, metrics, the bundle calls) and the tables into
-``--results`` (``--report_only`` rewrites them from an earlier results.json).
+Every run is stored in ``<out>/results.json`` as it completes (a cut run resumes); runs go seed by seed, so a
+partial run covers every arm and shot count with fewer seeds. ``--report_only`` rewrites the tables.
 """
 
 from __future__ import annotations
@@ -30,15 +33,20 @@ import shlex
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
-ARMS = {"scratch": "(a) from scratch", "single_task": "(b) single-task pretraining (classification only)",
-        "foundation_x": "(c) Foundation X pretraining (Lock-Release + teacher)"}
+ARMS = {"scratch": "(a) from scratch", "single_task": "(b) classification-only pretraining (Ark's recipe)",
+        "foundation_x": "(c) Foundation X (Lock-Release + teacher)",
+        "fx_no_lock": "(d) Foundation X without lock phases", "fx_no_teacher": "(e) Foundation X without teacher",
+        "monai_unet": "(f) MONAI UNet from scratch"}
+PRETRAINED = ("single_task", "foundation_x", "fx_no_lock", "fx_no_teacher")
+# the paired comparisons the issue's goals are about, declared before the runs: (arm, against)
+COMPARISONS = (("foundation_x", "scratch"), ("foundation_x", "single_task"), ("foundation_x", "monai_unet"),
+               ("foundation_x", "fx_no_lock"), ("foundation_x", "fx_no_teacher"))
 PRETRAIN_SEG_CLASSES = ["ribs", "pneumothorax", "effusion"]
+ORGANS = ["lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right"]
 COMMON = {"num_workers": 0, "batch_size": 4, "progress_bar": False}
 
 
@@ -89,44 +97,44 @@ def read_metrics(path: Path) -> dict[str, float]:
     return metrics
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _timed(fn, *args):
     start = time.process_time()
     result = fn(*args)
     return result, time.process_time() - start
 
 
-def build_data(out: Path, pretrain_count: int, downstream_count: int, size: int) -> dict:
-    """Both phantoms, and the pretraining segmentation datalist without the downstream organs."""
+def build_data(out: Path, args) -> dict:
+    """Both populations, and the pretraining segmentation datalist without the downstream organs."""
     from cxrfx.data.few_shot import few_shot_datalist
     from cxrfx.data.phantom import generate_phantom
 
     pre, down = out / "data" / "pretrain", out / "data" / "downstream"
-    generate_phantom(str(pre), count=pretrain_count, size=size, seed=0, verbose=False)
-    generate_phantom(str(down), count=downstream_count, size=size, seed=1, verbose=False,
-                     datasets=("phantom_det", "phantom_seg"))
+    generate_phantom(str(pre), count=args.pretrain_count, size=args.phantom_size, seed=args.pretrain_seed,
+                     verbose=False)
+    generate_phantom(str(down), count=args.downstream_count, size=args.phantom_size, seed=args.downstream_seed,
+                     verbose=False, datasets=("phantom_seg",))
     seg = few_shot_datalist(pre / "phantom_seg" / "datalist.json", pre / "phantom_seg_pretrain.json",
                             seg_classes=PRETRAIN_SEG_CLASSES, name="phantom_seg")
     return {"pretrain": {"phantom_cls": str(pre / "phantom_cls" / "datalist.json"),
                          "phantom_det": str(pre / "phantom_det" / "datalist.json"), "phantom_seg": seg},
-            "seg": str(down / "phantom_seg" / "datalist.json"), "det": str(down / "phantom_det" / "datalist.json")}
+            "seg": str(down / "phantom_seg" / "datalist.json")}
 
 
-def _cycle_length(sources: dict, schedule: list[dict], batch_size: int) -> int:
+def _cycle_length(sources: dict, schedule: list[dict], batch_size: int, size: int) -> int:
     from cxrfx.data.multitask import build_sources
     from cxrfx.engines.schedule import parse_schedule, resolve_lengths
 
-    loaders = build_sources(sources, batch_size=batch_size, train=True)
+    loaders = build_sources(sources, size=size, batch_size=batch_size, train=True)
     return sum(resolve_lengths(parse_schedule(schedule), {k: len(v) for k, v in loaders.items()}))
 
 
-def pretrain_specs(data: dict, out: Path, cycles: int, image_size: int) -> list[dict]:
-    """The two pretraining runs, with the same number of iterations."""
+def backbone_settings(size: int) -> dict:
+    """The demo backbone at ``size`` px: one attention window covers the last stage (size / 32)."""
+    return {"image_size": size, "backbone_kwargs#window_size": size // 32}
+
+
+def pretrain_specs(data: dict, out: Path, cycles: int, size: int) -> dict[str, dict]:
+    """The pretraining runs, all with the Foundation X cycle's number of iterations."""
     from cxrfx.engines.schedule import expand_tasks, phantom_cycle
 
     lists = data["pretrain"]
@@ -134,140 +142,242 @@ def pretrain_specs(data: dict, out: Path, cycles: int, image_size: int) -> list[
                   "phantom_det": {"datalist": lists["phantom_det"], "tasks": ["cls", "det"]},
                   "phantom_seg": {"datalist": lists["phantom_seg"], "tasks": ["cls", "seg"]}}
     cls_sources = {k: {"datalist": v["datalist"], "tasks": ["cls"]} for k, v in fx_sources.items()}
-    cls_schedule = expand_tasks([(k, "cls") for k in cls_sources])
+    schedules = {"foundation_x": phantom_cycle(), "fx_no_teacher": phantom_cycle(),
+                 "fx_no_lock": [s for s in phantom_cycle() if s["phase"] != "lock"],
+                 "single_task": expand_tasks([(k, "cls") for k in cls_sources])}
     bs = COMMON["batch_size"]
-    fx_iterations = cycles * _cycle_length(fx_sources, phantom_cycle(), bs)
-    cls_epochs = max(1, round(fx_iterations / _cycle_length(cls_sources, cls_schedule, bs)))
-    base = {**COMMON, "image_size": image_size, "validate_data": False,
+    fx_iterations = cycles * _cycle_length(fx_sources, schedules["foundation_x"], bs, size)
+    base = {**COMMON, **backbone_settings(size), "validate_data": False,
             "network_def#seg_heads": {"phantom_seg": len(PRETRAIN_SEG_CLASSES)}}
-    return [
-        {"arm": "foundation_x", "root": out / "pretrain" / "foundation_x",
-         "overrides": {**base, "datasets": fx_sources, "epochs": cycles, "val_interval": cycles}},
-        {"arm": "single_task", "root": out / "pretrain" / "single_task",
-         "overrides": {**base, "datasets": cls_sources, "schedule": cls_schedule, "epochs": cls_epochs,
-                       "val_interval": cls_epochs}},
-    ]
+    specs = {}
+    for arm in PRETRAINED:
+        sources = cls_sources if arm == "single_task" else fx_sources
+        epochs = max(1, round(fx_iterations / _cycle_length(sources, schedules[arm], bs, size)))
+        overrides = {**base, "datasets": sources, "schedule": schedules[arm], "epochs": epochs, "val_interval": epochs}
+        if arm == "fx_no_teacher":
+            overrides["train#trainer#consistency_weight"] = 0.0
+        specs[arm] = {"arm": arm, "root": str(out / "pretrain" / arm), "overrides": overrides,
+                      "key": "student" if arm == "fx_no_teacher" else "teacher"}
+    return specs
 
 
 def pretrain(spec: dict) -> dict:
-    """One foundation_x bundle run; returns where its teacher is and how long it took."""
-    start = time.perf_counter()
-    call = bundle_run("foundation_x", ["train.json", "demo.json"], spec["root"], spec["root"] / "train.log",
-                      **spec["overrides"])
+    """One foundation_x bundle run; returns where its weights are and what it cost."""
     import torch
 
-    state = torch.load(spec["root"] / "models" / "last.pt", map_location="cpu", weights_only=True)
-    return {"arm": spec["arm"], "checkpoint": str(spec["root"] / "models" / "last.pt"), "call": call,
-            "iterations": int(state["trainer"]["iteration"]), "seconds": round(time.perf_counter() - start, 1)}
+    root = Path(spec["root"])
+    start, cpu = time.perf_counter(), time.process_time()
+    call = bundle_run("foundation_x", ["train.json", "demo.json"], root, root / "train.log", **spec["overrides"])
+    state = torch.load(root / "models" / "last.pt", map_location="cpu", weights_only=True)
+    return {"arm": spec["arm"], "checkpoint": str(root / "models" / "last.pt"), "key": spec["key"], "call": call,
+            "iterations": int(state["trainer"]["iteration"]), "seconds": round(time.perf_counter() - start, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1)}
 
 
 def finetune(job: dict) -> dict:
-    """Train then evaluate one (task, arm, shots, seed) through finetune_seg / finetune_det; test-split metrics."""
-    start = time.perf_counter()
-    bundle = f"finetune_{job['task']}"
+    """Train then evaluate one (arm, shots, seed) through finetune_seg; test-split Dice and the cost."""
     root, log = Path(job["root"]), Path(job["root"]) / "run.log"
-    start_point = {"finetune": False} if job["arm"] == "scratch" else {
-        "finetune": True, "finetune_model_path": job["checkpoint"], "finetune_key": "teacher"}
+    start, cpu = time.perf_counter(), time.process_time()
+    start_point = {"finetune": False} if job["pretrained"] is None else {
+        "finetune": True, "finetune_model_path": job["pretrained"]["checkpoint"],
+        "finetune_key": job["pretrained"]["key"]}
     overrides = {**COMMON, **job["settings"], **start_point, "few_shot": job["shots"], "few_shot_seed": job["seed"],
                  "seed": job["seed"], "source_datalist": job["datalist"], "validate_data": False}
-    train = bundle_run(bundle, ["train.json", "demo.json"], root, log, **overrides)
-    evaluate = bundle_run(bundle, ["train.json", "demo.json", "evaluate.json"], root, log, **overrides)
+    train = bundle_run("finetune_seg", ["train.json", "demo.json"], root, log, **overrides)
+    train_cpu = time.process_time() - cpu
+    evaluate = bundle_run("finetune_seg", ["train.json", "demo.json", "evaluate.json"], root, log, **overrides)
     metrics = read_metrics(root / "eval" / "metrics.csv")
-    head = "organs" if job["task"] == "seg" else "nodules"
-    keys = ("dice_fx", "dice_global") if job["task"] == "seg" else ("ap50", "map40_fx")
-    return {**{k: job[k] for k in ("task", "arm", "shots", "seed")},
-            **{k: metrics.get(f"student/{job['task']}/{head}/{k}", float("nan")) for k in keys},
-            "seconds": round(time.perf_counter() - start, 1), "calls": [train, evaluate]}
+    return {**{k: job[k] for k in ("arm", "shots", "seed")},
+            **{k: metrics.get(f"student/seg/organs/{k}", float("nan")) for k in ("dice_fx", "dice_global")},
+            "train_cpu_s": round(train_cpu, 1), "seconds": round(time.perf_counter() - start, 1),
+            "calls": [train, evaluate]}
+
+
+def monai_unet(job: dict) -> dict:
+    """(f): MONAI's UNet (1.6 M parameters, residual units) from scratch on the same few-shot images, pipeline,
+    batch, loss (Dice + BCE) and iterations; held-out Dice also at 1/4, 1/2, 2x and 4x the iterations, with the
+    CPU time spent by then, so it can be compared with the Foundation X arm at equal CPU time."""
+    import torch
+    from monai.networks.nets import UNet
+    from monai.optimizers import WarmupCosineSchedule
+
+    from cxrfx.data.few_shot import few_shot_datalist
+    from cxrfx.data.multitask import build_sources
+    from cxrfx.engines.losses import DiceBCELoss
+    from cxrfx.metrics import dice_fx
+
+    settings, root = job["settings"], Path(job["root"])
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(job["seed"])
+    datalist = few_shot_datalist(job["datalist"], root / "finetune_datalist.json", shots=job["shots"],
+                                 seed=job["seed"], seg_classes=ORGANS, name="organs")
+    sources = {"organs": {"datalist": datalist, "tasks": ["seg"]}}
+    size, batch = settings["image_size"], COMMON["batch_size"]
+    loader = build_sources(sources, "training", size, batch, train=True, seed=job["seed"], cache_rate=1.0)["seg/organs"]
+    test = build_sources(sources, "test", size, batch, train=False)["seg/organs"]
+    net = UNet(2, 1, len(ORGANS), channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    total = 4 * settings["iterations"]
+    points = sorted({max(1, settings["iterations"] // 4), settings["iterations"] // 2, settings["iterations"],
+                     2 * settings["iterations"], total})
+    schedule = WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total)
+    loss_fn, done, curve, start, evaluating = DiceBCELoss(), 0, {}, time.process_time(), 0.0
+    while done < total:
+        for b in loader:
+            net.train()
+            loss = loss_fn(net(b["image"]), b["mask"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            done += 1
+            if done in points:
+                before = time.process_time()
+                net.eval()
+                with torch.no_grad():
+                    probs = [torch.sigmoid(net(t["image"])) for t in test]
+                    masks = [t["mask"] for t in test]
+                curve[done] = {"dice_fx": dice_fx(torch.cat(probs), torch.cat(masks)),
+                               "train_cpu_s": round(before - start - evaluating, 1)}  # evaluation is not training
+                evaluating += time.process_time() - before
+            if done >= total:
+                break
+    at = curve[settings["iterations"]]
+    return {**{k: job[k] for k in ("arm", "shots", "seed")}, "dice_fx": at["dice_fx"], "train_cpu_s": at["train_cpu_s"],
+            "curve": curve, "parameters": sum(p.numel() for p in net.parameters())}
+
+
+def wilcoxon(diffs: list[float]) -> float:
+    """Two-sided exact Wilcoxon signed-rank p-value of paired differences (NaN with fewer than 2 non-zero)."""
+    from scipy.stats import wilcoxon as test
+
+    nonzero = [d for d in diffs if d != 0]
+    if len(nonzero) < 2:
+        return float("nan")
+    return float(test(nonzero, method="exact" if len(nonzero) <= 25 else "auto").pvalue)
 
 
 def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def table(runs: list[dict], task: str, metric: str) -> str:
-    """Markdown: one row per arm, one column per shot count, mean ± std (sample) over seeds."""
-    shots = sorted({r["shots"] for r in runs if r["task"] == task})
-    lines = ["| start point | " + " | ".join(f"{n} images" for n in shots) + " |",
-             "|---|" + "---|" * len(shots)]
+def table(runs: list[dict], metric: str = "dice_fx") -> str:
+    """Markdown: one row per arm, one column per shot count, mean ± std (sample) over seeds, seeds in brackets."""
+    shots = sorted({r["shots"] for r in runs})
+    lines = ["| start point | " + " | ".join(f"{n} images" for n in shots) + " |", "|---|" + "---|" * len(shots)]
     for arm, label in ARMS.items():
         cells = []
         for n in shots:
-            values = [r[metric] for r in runs if r["task"] == task and r["arm"] == arm and r["shots"] == n]
-            cells.append(_mean_std(values) if values else "–")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            values = [r[metric] for r in runs if r["arm"] == arm and r["shots"] == n]
+            cells.append(f"{_mean_std(values)} ({len(values)})" if values else "–")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def tables_of(runs: list[dict]) -> dict[str, str]:
-    return {"seg": table(runs, "seg", "dice_fx"), "det": table(runs, "det", "ap50"),
-            "det_map40": table(runs, "det", "map40_fx")}
+def paired(runs: list[dict], metric: str = "dice_fx") -> str:
+    """Markdown: the declared comparisons per shot count: mean paired difference, pairs favouring, Wilcoxon p."""
+    by = {(r["arm"], r["shots"], r["seed"]): r[metric] for r in runs}
+    lines = ["| comparison | images | pairs | mean difference | pairs favouring the first / second | Wilcoxon p |",
+             "|---|---|---|---|---|---|"]
+    for arm, other in COMPARISONS:
+        for n in sorted({r["shots"] for r in runs}):
+            seeds = sorted(s for (a, k, s) in by if a == arm and k == n and (other, n, s) in by)
+            if not seeds:
+                continue
+            diffs = [by[(arm, n, s)] - by[(other, n, s)] for s in seeds]
+            lines.append(f"| {ARMS[arm][:3]} − {ARMS[other][:3]} | {n} | {len(diffs)} | {statistics.mean(diffs):+.3f} | "
+                         f"{sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)} | {wilcoxon(diffs):.3g} |")
+    return "\n".join(lines)
+
+
+def equal_cpu(runs: list[dict]) -> str:
+    """(c) against (f) at equal CPU time: (f)'s curve point whose training CPU time is nearest (c)'s."""
+    lines = ["| images | (c) training CPU s | (c) Dice | (f) at the nearest CPU time: iterations, CPU s, Dice |",
+             "|---|---|---|---|"]
+    for n in sorted({r["shots"] for r in runs}):
+        fx = [r for r in runs if r["arm"] == "foundation_x" and r["shots"] == n]
+        unet = {r["seed"]: r for r in runs if r["arm"] == "monai_unet" and r["shots"] == n}
+        pairs = [(r, unet[r["seed"]]) for r in fx if r["seed"] in unet]
+        if not pairs:
+            continue
+        near = [min(u["curve"].items(), key=lambda kv: abs(kv[1]["train_cpu_s"] - r["train_cpu_s"])) for r, u in pairs]
+        lines.append(f"| {n} | {statistics.mean(r['train_cpu_s'] for r, _ in pairs):.0f} | "
+                     f"{_mean_std([r['dice_fx'] for r, _ in pairs])} | "
+                     f"{statistics.mean(int(i) for i, _ in near):.0f}, "
+                     f"{statistics.mean(p['train_cpu_s'] for _, p in near):.0f}, "
+                     f"{_mean_std([p['dice_fx'] for _, p in near])} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/few_shot")
     parser.add_argument("--results", default=None, help="markdown file to write the tables into")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--seg_shots", type=int, nargs="+", default=[2, 4, 8, 16])
-    parser.add_argument("--det_shots", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--seg_iterations", type=int, default=60)
-    parser.add_argument("--det_iterations", type=int, default=60)
-    parser.add_argument("--seg_size", type=int, default=96)
-    parser.add_argument("--det_size", type=int, default=128)
-    parser.add_argument("--pretrain_cycles", type=int, default=6)
-    parser.add_argument("--pretrain_size", type=int, default=96)
-    parser.add_argument("--phantom_size", type=int, default=128)
-    parser.add_argument("--pretrain_count", type=int, default=48)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--iterations", type=int, default=200, help="fine-tuning iterations (batch 4)")
+    parser.add_argument("--size", type=int, default=224, help="pretraining and fine-tuning input size")
+    parser.add_argument("--pretrain_cycles", type=int, default=8)
+    parser.add_argument("--phantom_size", type=int, default=256)
+    parser.add_argument("--pretrain_count", type=int, default=96, help="images per pretraining dataset")
     parser.add_argument("--downstream_count", type=int, default=80)
+    parser.add_argument("--pretrain_seed", type=int, default=100)
+    parser.add_argument("--downstream_seed", type=int, default=200)
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
-    parser.add_argument("--jobs", type=int, default=2, help="parallel runs (each one thread)")
     parser.add_argument("--report_only", action="store_true", help="rewrite --results from <out>/results.json")
     args = parser.parse_args(argv)
-    line = " ".join(["python bench/few_shot.py", *(argv if argv is not None else sys.argv[1:])])
-    if args.report_only:
-        summary = json.loads((Path(args.out) / "results.json").read_text())
-        write_report(Path(args.results), summary, tables_of(summary["runs"]))
-        return
-    os.environ["OMP_NUM_THREADS"] = "1"  # OpenMP spin-waiting on a shared 2-core machine: 1 thread per run
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    wall0, cpu = time.perf_counter(), 0.0
-    data, t = _timed(build_data, out, args.pretrain_count, args.downstream_count, args.phantom_size)
-    cpu += t
-    print(f"data ready ({time.perf_counter() - wall0:.0f} s)", flush=True)
-    specs = pretrain_specs(data, out, args.pretrain_cycles, args.pretrain_size)
-    context = get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker) as pool:
-        pretrained = {}
-        for result, t in pool.map(_timed, [pretrain] * len(specs), specs):
-            pretrained[result["arm"]] = result
-            cpu += t
-            print(f"pretrained {result['arm']}: {result['iterations']} iterations, {result['seconds']} s", flush=True)
-        jobs = []
-        for task, shots_list, iterations, size in (("seg", args.seg_shots, args.seg_iterations, args.seg_size),
-                                                   ("det", args.det_shots, args.det_iterations, args.det_size)):
-            settings = {"iterations": iterations, "val_interval": iterations, "image_size": size, "mode": args.mode}
-            for shots in shots_list:
-                for seed in args.seeds:
-                    for arm in ARMS:
-                        jobs.append({"task": task, "arm": arm, "shots": shots, "seed": seed, "datalist": data[task],
-                                     "settings": settings, "checkpoint": pretrained.get(arm, {}).get("checkpoint"),
-                                     "root": str(out / "finetune" / task / f"{arm}_n{shots}_s{seed}")})
-        runs = []
-        for result, t in pool.map(_timed, [finetune] * len(jobs), jobs):
-            runs.append(result)
-            cpu += t
-            print(f"{result['task']} {result['arm']} n={result['shots']} seed={result['seed']}: "
-                  f"{ {k: round(v, 3) for k, v in result.items() if k in ('dice_fx', 'ap50')} } ({result['seconds']} s)",
-                  flush=True)
-    summary = {"command": line, "settings": vars(args), "pretraining": pretrained, "runs": runs,
-               "wall_seconds": round(time.perf_counter() - wall0, 1), "cpu_seconds": round(cpu, 1)}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    tables = tables_of(runs)
-    (out / "tables.json").write_text(json.dumps(tables, indent=1))
-    print(tables["seg"], tables["det"], f"wall {summary['wall_seconds']} s, CPU {summary['cpu_seconds']} s", sep="\n\n")
+    store = out / "results.json"
+    summary = json.loads(store.read_text()) if store.exists() else {"pretraining": {}, "runs": {}, "cpu_seconds": 0.0}
+    if not args.report_only:
+        import torch
+
+        torch.set_num_threads(2)
+        settings = {k: v for k, v in vars(args).items()
+                    if k not in ("out", "results", "report_only", "seeds", "arms", "shots")}  # runs are keyed by these
+        if summary.get("settings") not in (None, settings):
+            raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
+        summary["settings"] = settings
+        summary["command"] = " ".join(["python bench/few_shot.py", *(argv if argv is not None else sys.argv[1:])])
+        out.mkdir(parents=True, exist_ok=True)
+
+        def save(cpu: float) -> None:
+            summary["cpu_seconds"] = round(summary["cpu_seconds"] + cpu, 1)
+            store.write_text(json.dumps(summary, indent=1))
+
+        data, t = _timed(build_data, out, args)
+        save(t)
+        specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
+        for arm in PRETRAINED:
+            if arm in args.arms and arm not in summary["pretraining"]:
+                (result, t) = _timed(pretrain, specs[arm])
+                summary["pretraining"][arm] = result
+                save(t)
+                print(f"pretrained {arm}: {result['iterations']} iterations, {result['cpu_seconds']} CPU s", flush=True)
+        finetune_settings = {"iterations": args.iterations, "val_interval": args.iterations, "mode": args.mode,
+                             **backbone_settings(args.size)}
+        for seed in args.seeds:  # seed-major: a cut run covers every arm and shot count with fewer seeds
+            for shots in args.shots:
+                for arm in args.arms:
+                    key = f"{arm}/{shots}/{seed}"
+                    if key in summary["runs"]:
+                        continue
+                    job = {"arm": arm, "shots": shots, "seed": seed, "datalist": data["seg"],
+                           "settings": finetune_settings, "pretrained": summary["pretraining"].get(arm),
+                           "root": str(out / "finetune" / f"{arm}_n{shots}_s{seed}")}
+                    result, t = _timed(monai_unet if arm == "monai_unet" else finetune, job)
+                    summary["runs"][key] = result
+                    save(t)
+                    print(f"{key}: dice_fx {result['dice_fx']:.3f} ({result['train_cpu_s']} CPU s)", flush=True)
+    runs = list(summary["runs"].values())
+    tables = {"seg": table(runs), "paired": paired(runs), "equal_cpu": equal_cpu(runs)}
+    print(tables["seg"], tables["paired"], tables["equal_cpu"], f"CPU {summary['cpu_seconds'] / 3600:.2f} h", sep="\n\n")
     if args.results:
         write_report(Path(args.results), summary, tables)
 
@@ -277,32 +387,35 @@ BEGIN, END = "<!-- few_shot.py: begin (generated) -->", "<!-- few_shot.py: end -
 
 def write_report(path: Path, summary: dict, tables: dict) -> None:
     """Put the generated part (command, budget, tables, example bundle commands) between the markers of
-    ``path``, keeping any hand-written text around them."""
-    s = summary["settings"]
-    pre = summary["pretraining"]
-    example = {arm: [command(c) for c in next(r["calls"] for r in summary["runs"] if r["arm"] == arm and r["task"] == "seg")]
-               for arm in ARMS}
-    lines = [BEGIN, "", "Reproduce everything (data, both pretrainings, every fine-tune, these tables):", "", "```bash",
-             summary["command"], "```", "",
-             f"Measured: {summary['wall_seconds'] / 60:.1f} min wall, {summary['cpu_seconds'] / 60:.1f} CPU-min "
-             f"({s['jobs']} parallel runs of one thread each, shared 2-core machine). Seeds {s['seeds']}; "
-             f"fine-tuning mode `{s['mode']}`, {s['seg_iterations']} (seg) / {s['det_iterations']} (det) iterations of "
-             f"batch {COMMON['batch_size']} (or fewer images when N < {COMMON['batch_size']}) in every arm.", "",
-             "Pretraining (tiny Swin, foundation_x bundle + demo override, "
-             f"{s['pretrain_count']} phantom images per dataset, {s['pretrain_size']} px):", ""]
-    for arm in ("single_task", "foundation_x"):
-        lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations, {pre[arm]['seconds']} s")
-    lines += ["", f"### Segmentation: test Dice (`dice_fx`), organs, {s['seg_size']} px", "", tables["seg"], "",
-              f"### Detection: test AP50, nodules + masses, {s['det_size']} px", "", tables["det"], "",
-              "Detection `map40_fx` (AP at IoU 0.4, Foundation X's number):", "", tables["det_map40"], "",
-              "Mean ± sample standard deviation over the seeds; each seed draws its own training images "
-              "(`--few_shot_seed`) and training randomness (`--seed`). Per-run numbers and commands: "
-              "`results.json` in the output folder.", "", "One run of each arm, as shell commands "
-              "(the script runs the same bundles in-process):", "", "```bash"]
-    for arm in ARMS:
-        lines += [f"# {ARMS[arm]}", *example[arm]]
-    lines += ["```", "", "Pretraining commands:", "", "```bash", *(command(pre[a]["call"]) for a in ("single_task", "foundation_x")),
-              "```", "", END]
+    ``path``, keeping any hand-written text around them. Paths are shown relative to the repository."""
+    s, pre, runs = summary["settings"], summary["pretraining"], list(summary["runs"].values())
+
+    def rel(text: str) -> str:
+        return text.replace(str(ROOT) + os.sep, "").replace(str(Path.home()), "~")
+
+    lines = [BEGIN, "", "Reproduce (resumes where it stopped; `--report_only` rewrites this section):", "", "```bash",
+             rel(summary["command"]), "```", "",
+             f"Spent so far: {summary['cpu_seconds'] / 3600:.2f} CPU-hours (data, pretraining, fine-tuning; shared "
+             f"2-core machine). Populations: pretraining seed {s['pretrain_seed']} ({s['pretrain_count']} images per "
+             f"dataset), downstream seed {s['downstream_seed']} ({s['downstream_count']} images), disjoint patients, "
+             f"rendered at {s['phantom_size']} px. Pretraining and fine-tuning at {s['size']} px, demo backbone; "
+             f"fine-tuning mode `{s['mode']}`, {s['iterations']} iterations of batch {COMMON['batch_size']} in every "
+             "arm.", "", "Pretraining (same iterations in every arm):", ""]
+    for arm in PRETRAINED:
+        if arm in pre:
+            lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations, {pre[arm]['cpu_seconds'] / 60:.1f} CPU-min,"
+                         f" fine-tuned from its {pre[arm]['key']}")
+    lines += ["", f"### Segmentation: test Dice (`dice_fx`), 5 organs, {s['size']} px", "",
+              "Mean ± sample standard deviation over seeds (number of seeds in brackets); each seed draws its own "
+              "training images and training randomness, the same in every arm.", "", tables["seg"], "",
+              "Paired over seeds (declared before the runs; exact two-sided Wilcoxon signed-rank test):", "",
+              tables["paired"], "", "(c) against (f) at equal training CPU time:", "", tables["equal_cpu"], ""]
+    example = next((r for r in runs if r["arm"] == "foundation_x" and "calls" in r), None)
+    if example:
+        lines += ["One fine-tuning run of (c) and its pretraining, as shell commands (the script runs the same "
+                  "bundles in-process):", "", "```bash", *(rel(command(c)) for c in example["calls"]),
+                  rel(command(pre["foundation_x"]["call"])), "```", ""]
+    lines.append(END)
     text = path.read_text() if path.exists() else ""
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
