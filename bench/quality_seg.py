@@ -353,8 +353,19 @@ def variants_report(results: dict, variants: dict) -> list[str]:
     return lines + [""]
 
 
+def check_report(results: dict, checks: dict) -> list[str]:
+    """One line: each re-run next to the stored run with the same key (test dice_fx, where each ran)."""
+    pairs = [f"{key} {r['test']['dice_fx']:.3f} on {_device(r)} vs {results[key]['test']['dice_fx']:.3f} on "
+             f"{_device(results[key])}" for key, r in sorted(checks.items()) if key in results]
+    return ["Same runs on another machine (test `dice_fx`): " + "; ".join(pairs) + ".", ""] if pairs else []
+
+
+def _device(r: dict) -> str:
+    return r.get("device", "cpu") if r.get("device", "cpu") != "cpu" else f"CPU ({r.get('threads', 2)} thread(s))"
+
+
 def report(results: dict, meta: dict, excluded: dict | None = None, variants: dict | None = None,
-           step_cost: dict | None = None) -> tuple[str, str]:
+           step_cost: dict | None = None, checks: dict | None = None) -> tuple[str, str]:
     """(the docs/results.md section, the finetune_seg README table)."""
     # a budget gets the arm tables once every arm has a run at it (the others are in the settings table)
     budgets = sorted(it for it in {r["iterations_budget"] for r in results.values()}
@@ -420,6 +431,8 @@ def report(results: dict, meta: dict, excluded: dict | None = None, variants: di
         lines.append("")
     if variants:
         lines += variants_report(results, variants)
+    if checks:
+        lines += check_report(results, checks)
     for key, r in (excluded or {}).items():
         lines += [f"Left out of the table: `{key}` (test dice_fx {r['test']['dice_fx']:.3f}): {r['reason']}", ""]
     lines.append(END)
@@ -457,7 +470,7 @@ def write_between(doc: Path, text: str, begin: str, end: str, heading: str) -> N
 def publish(stored: dict, doc: Path, readme: Path) -> None:
     """Both generated sections from the stored runs."""
     doc_text, readme_text = report(stored["runs"], stored["meta"], stored.get("excluded"), stored.get("variants"),
-                                   stored.get("step_cost"))
+                                   stored.get("step_cost"), stored.get("device_check"))
     write_between(doc, doc_text, BEGIN, END, "# Segmentation quality (`bench/quality_seg.py`)")
     write_between(readme, readme_text, README_BEGIN, README_END, "### Against MONAI's UNet")
     print(doc_text)
@@ -491,6 +504,9 @@ def main(argv=None) -> None:
                          "with --set or a --unet-lr other than the default the runs are a variant, stored apart")
     ap.add_argument("--step-cost", type=int, default=0, metavar="ROUNDS",
                     help="also time one training step per arm on one CPU thread, median of ROUNDS rounds (stored)")
+    ap.add_argument("--check", action="store_true",
+                    help="store the (default-setting) runs under 'device_check': the same runs on another device or "
+                         "thread count, each compared with its stored counterpart in a line of the report")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 6 images at 64 px, 64 px input, batch 2, 2 iterations, seed 0 (overrides those)")
@@ -519,6 +535,8 @@ def main(argv=None) -> None:
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in a.set)}
     variant = ",".join([f"unet_lr={a.unet_lr:g}"] * (a.unet_lr != UNET_LR) + a.set)
     table = stored.setdefault("variants", {}) if variant else stored["runs"]
+    if a.check:
+        table = stored.setdefault("device_check", {})
     if not a.report_only:
         for seed in a.seeds:  # seed-major: a cut session leaves every arm with the same seeds
             for arm in a.arms:

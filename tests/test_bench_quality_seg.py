@@ -51,3 +51,14 @@ def test_quick_run_writes_results_and_sections(tmp_path):
     qs.main(args + ["--report-only"])
     assert results.stat().st_mtime_ns == mtime
     assert doc.read_text().count(qs.BEGIN) == 1
+
+
+def test_check_line_pairs_reruns_with_stored_runs():
+    qs = _module()
+    stored = {"upernet/400/0": {"test": {"dice_fx": 0.898}, "device": "NVIDIA H200"}}
+    checks = {"upernet/400/0": {"test": {"dice_fx": 0.9}, "device": "cpu", "threads": 1},
+              "unetpp/400/0": {"test": {"dice_fx": 0.5}, "device": "cpu"}}  # no stored counterpart: left out
+    (line, _) = qs.check_report(stored, checks)
+    assert line == "Same runs on another machine (test `dice_fx`): upernet/400/0 0.900 on CPU (1 thread(s)) vs " \
+                   "0.898 on NVIDIA H200."
+    assert qs.check_report(stored, {}) == []
