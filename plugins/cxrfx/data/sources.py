@@ -5,17 +5,27 @@ in ``initialize`` (:func:`prepare_phantom`), and turns it into loaders under the
 (:func:`task_loaders`: ``train#dataset#data`` / ``validate#dataset#data`` are the datasets mapping). So reading
 or checking a config never starts a minutes-long phantom build, and a user who points the config at other data
 never gets one.
+
+The paper's recipe (``configs/paper.json``) reads its datasets from one folder of ``python -m cxrfx prepare``
+datalists (:func:`paper_datasets`: the datasets mapping and every head size, from the datalists themselves), and
+its dry run writes a tiny stand-in of that folder (:func:`write_stand_in`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Mapping, Sequence
 
+import numpy as np
+
+from cxrfx.data.datalist import read_datalist, write_datalist
 from cxrfx.data.multitask import build_sources
+from cxrfx.errors import ConfigError
 
-__all__ = ["PHANTOM_TASKS", "phantom_datasets", "prepare_phantom", "task_loaders"]
+__all__ = ["PHANTOM_TASKS", "phantom_datasets", "prepare_phantom", "task_loaders", "paper_datasets",
+           "schedule_tasks", "write_stand_in", "TASK_KEYS"]
 
 # the tasks each phantom dataset is trained on: labels everywhere, boxes in phantom_det, masks in phantom_seg
 PHANTOM_TASKS = {"phantom_cls": ["cls"], "phantom_det": ["cls", "det"], "phantom_seg": ["cls", "seg"]}
@@ -62,3 +72,156 @@ def task_loaders(data: Mapping[str, Mapping], split: str = "training", **kwargs)
     with the datasets under the name the Model Zoo's workflow properties read (``train#dataset#data``).
     ``kwargs``: ``build_sources``'s (size, batch_size, num_workers, train, seed, distributed, ...)."""
     return build_sources(data, split=split, **kwargs)
+
+
+# schedule task -> the datalist's ``tasks`` entry and the field that names its classes
+TASK_KEYS = {"cls": ("classification", "labels"), "det": ("detection", "classes"), "seg": ("segmentation", "classes")}
+
+
+def _step_fields(step) -> tuple[str, str]:
+    if isinstance(step, Mapping):
+        return str(step["dataset"]), str(step["task"])
+    return str(step.dataset), str(step.task)
+
+
+def schedule_tasks(schedule: Sequence) -> dict[str, list[str]]:
+    """``{dataset: [tasks]}`` in the order a schedule (step dicts or ``Step`` objects) first names them."""
+    tasks: dict[str, list[str]] = {}
+    for step in schedule:
+        dataset, task = _step_fields(step)
+        if task not in tasks.setdefault(dataset, []):
+            tasks[dataset].append(task)
+    return tasks
+
+
+def paper_datasets(datalists_dir: str | os.PathLike, schedule: Sequence, stand_in: str | os.PathLike | None = None,
+                   stand_in_images: int = 4, stand_in_size: int = 64) -> dict:
+    """The datasets a schedule trains on, read from one folder of ``python -m cxrfx prepare`` datalists.
+
+    Dataset ``NAME`` of the schedule is ``<datalists_dir>/NAME.json`` (``prepare NAME ... --out
+    <datalists_dir>/NAME.json``; the names are the adapters', e.g. ``mimic_cxr_jpg``). Returns
+    ``{"datasets": {name: {"datalist", "tasks"}}, "cls_heads": {name: n}, "det_heads": ..., "seg_heads": ...,
+    "datalists_dir": folder}``: the head sizes are the number of classification labels / detection classes /
+    segmentation classes each datalist declares, so they are typed nowhere. Every missing file or task is
+    reported at once, with the command that makes it.
+
+    ``stand_in``: a folder; the datalists are then a tiny synthetic stand-in written there first
+    (:func:`write_stand_in`), for a dry run of the whole cycle without the data.
+    """
+    wanted = schedule_tasks(schedule)
+    if stand_in is not None:
+        datalists_dir = write_stand_in(stand_in, wanted, images=stand_in_images, size=stand_in_size)
+    folder = os.path.abspath(os.fspath(datalists_dir))
+    out: dict = {"datasets": {}, "cls_heads": {}, "det_heads": {}, "seg_heads": {}, "datalists_dir": folder}
+    problems = []
+    for name, tasks in wanted.items():
+        path = os.path.join(folder, f"{name}.json")
+        if not os.path.isfile(path):
+            problems.append(f"{path}: missing (python -m cxrfx prepare {name} --root <{name} as downloaded> "
+                            f"--out {path})")
+            continue
+        data = read_datalist(path)
+        if data.get("name") != name:
+            logging.getLogger("cxrfx.data").warning(f"{path}: the datalist calls itself {data.get('name')!r}, the "
+                                                    f"schedule {name!r}; heads and metrics use {name!r}")
+        for task in tasks:
+            section, field = TASK_KEYS[task]
+            if section not in data["tasks"]:
+                hint = " (prepare nih14 with --bbox True)" if (name, task) == ("nih14", "det") else ""
+                problems.append(f"{path}: no {section} task, which the schedule trains ({task}/{name}){hint}")
+                continue
+            out[f"{task}_heads"][name] = len(data["tasks"][section][field])
+        out["datasets"][name] = {"datalist": path, "tasks": list(tasks)}
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) with the datalists under {folder}:\n  " + "\n  ".join(problems))
+    logging.getLogger("cxrfx.data").info(
+        f"{len(out['datasets'])} datalists from {folder}; heads read from them: "
+        + "; ".join(f"{task} {out[f'{task}_heads']}" for task in TASK_KEYS if out[f"{task}_heads"]))
+    return out
+
+
+def _stand_in_classes() -> dict[str, dict[str, list[str]]]:
+    """The class names each paper dataset's adapter writes (detection classes read from the data at prepare time
+    are the published ones), so the stand-in has the real datalists' shapes."""
+    from cxrfx.data.adapters import candid_ptx, chestx_det, chexpert, mimic_cxr_jpg, nih14, rsna_pneumonia, tbx11k
+    from cxrfx.data.adapters import shenzhen, vindr_cxr
+
+    return {
+        "chexpert": {"cls": list(chexpert.LABELS)},
+        "nih14": {"cls": list(nih14.LABELS), "det": list(nih14.BOX_CLASSES)},
+        "vindr_cxr": {"cls": [*vindr_cxr.KAGGLE_CLASSES, vindr_cxr.NO_FINDING], "det": list(vindr_cxr.KAGGLE_CLASSES)},
+        "shenzhen": {"cls": list(shenzhen.LABELS), "seg": ["lungs"]},
+        "mimic_cxr_jpg": {"cls": list(mimic_cxr_jpg.LABELS)},
+        "tbx11k": {"cls": list(tbx11k.LABELS),
+                   "det": ["ActiveTuberculosis", "ObsoletePulmonaryTuberculosis", "PulmonaryTuberculosis"]},
+        "node21": {"cls": ["nodule"], "det": ["nodule"]},
+        "candid_ptx": {"cls": list(candid_ptx.CLASSES), "det": list(candid_ptx.CLASSES),
+                       "seg": list(candid_ptx.CLASSES)},
+        "rsna_pneumonia": {"cls": list(rsna_pneumonia.LABELS), "det": list(rsna_pneumonia.BOX_CLASSES)},
+        "chestx_det": {"cls": list(chestx_det.FINDINGS), "det": list(chestx_det.FINDINGS),
+                       "seg": list(chestx_det.FINDINGS)},
+        "siim_acr": {"cls": ["Pneumothorax"], "det": ["pneumothorax"], "seg": ["pneumothorax"]},
+    }
+
+
+def write_stand_in(out_dir: str | os.PathLike, tasks: Mapping[str, Sequence[str]], images: int = 4, size: int = 64,
+                   seed: int = 0) -> str:
+    """A tiny synthetic stand-in for a folder of prepared datalists: ``<out_dir>/datalists/NAME.json`` for each
+    dataset of ``tasks`` (``{name: [cls|det|seg, ...]}``), each with ``images`` training and 2 validation images
+    (8-bit PNG, ``size`` px: noise with a bright blob), multi-hot labels, a box per image over the blob and
+    per-class mask PNGs, under the class names the dataset's adapter writes (a generic class for any other
+    dataset). Schema-checked on writing. Replaces what an earlier call wrote there; returns the datalists folder.
+    Nothing here is data to learn from: it exercises the wiring (loaders, heads, losses, phases, teacher).
+    """
+    from cxrfx.data.phantom.files import write_mask_png, write_png
+
+    if images < 2:
+        raise ConfigError(f"the stand-in needs at least 2 training images per dataset (BatchNorm), got {images}")
+    folder = os.path.join(os.path.abspath(os.fspath(out_dir)), "datalists")
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    known = _stand_in_classes()
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for name, wanted in tasks.items():
+        classes = known.get(name, {})
+        sections = {}
+        for task in wanted:
+            section, field = TASK_KEYS[task]
+            sections[section] = {field: list(classes.get(task, [f"{name}_{task}"]))}
+        if "segmentation" in sections:
+            sections["segmentation"]["mask_format"] = "per_class"
+        if "classification" not in sections:  # every datalist the cycle trains on carries labels
+            sections["classification"] = {"labels": list(classes.get("cls", [f"{name}_cls"]))}
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        splits = {}
+        for split, count in (("training", images), ("validation", 2)):
+            items = []
+            for i in range(count):
+                stem = f"{name}/{split}_{i}"
+                cy, cx = (int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
+                r = max(2, size // 8)
+                blob = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                write_png(os.path.join(folder, f"{stem}.png"),
+                          np.clip(0.3 + 0.1 * rng.standard_normal((size, size)) + 0.5 * blob, 0, 1), bits=8)
+                labels = sections["classification"]["labels"]
+                # alternating 0 / 1 per label: every split has positives and negatives of every label
+                item = {"image": f"{stem}.png", "id": f"{name}_{split}_{i}", "patient_id": f"{name}_p{split}{i}",
+                        "label": [(i + k) % 2 for k in range(len(labels))]}
+                if "detection" in sections:
+                    item["boxes"] = [[float(cx - r), float(cy - r), float(cx + r + 1), float(cy + r + 1)]]
+                    item["box_labels"] = [i % len(sections["detection"]["classes"])]
+                if "segmentation" in sections:
+                    seg_classes = sections["segmentation"]["classes"]
+                    present = [seg_classes[i % len(seg_classes)], seg_classes[0]]
+                    item["mask"] = {}
+                    for k, cls in enumerate(dict.fromkeys(present)):
+                        path = f"{stem}_mask{k}.png"
+                        write_mask_png(os.path.join(folder, path), blob if k == 0 else ~blob & (yy < size // 3))
+                        item["mask"][cls] = path
+                items.append(item)
+            splits[split] = items
+        write_datalist({"name": name, "schema_version": 1, "box_mode": "xyxy", "tasks": sections,
+                        "description": f"synthetic stand-in for {name} (cxrfx dry run; not data)", **splits},
+                       os.path.join(folder, f"{name}.json"))
+    return folder

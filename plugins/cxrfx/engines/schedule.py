@@ -73,23 +73,28 @@ def resolve_lengths(steps: Sequence[Step], epoch_lengths: Mapping[str, int]) -> 
 
 
 def expand_tasks(order: Sequence[tuple[str, str]], lock_fraction: float = 0.5, release_fraction: float = 1.0,
-                 lock_cls: bool = False) -> list[dict]:
+                 lock_cls: bool = False, iterations: int | None = None) -> list[dict]:
     """Foundation X's expansion of (dataset, task) pairs into steps (REFERENCE §1.5).
 
     Classification: one release epoch (``lock_cls``: Foundation X+'s head-only half epoch first).
     Localization and segmentation: lock for ``lock_fraction`` of an epoch, then release for a full epoch.
+    ``iterations``: every step that many iterations instead of its epoch fraction (a dry run of the cycle).
     """
+    def length(fraction: float) -> dict:
+        return {"iterations": int(iterations)} if iterations is not None else {"epoch_fraction": fraction}
+
     steps = []
     for dataset, task in order:
         if task != "cls" or lock_cls:
-            steps.append({"dataset": dataset, "task": task, "phase": "lock", "epoch_fraction": lock_fraction})
-        steps.append({"dataset": dataset, "task": task, "phase": "release", "epoch_fraction": release_fraction})
+            steps.append({"dataset": dataset, "task": task, "phase": "lock", **length(lock_fraction)})
+        steps.append({"dataset": dataset, "task": task, "phase": "release", **length(release_fraction)})
     return steps
 
 
-# The paper's 20 task-epochs (REFERENCE §1.5), datasets named as cxrfx's adapters name them.
+# The paper's 20 task-epochs (REFERENCE §1.5), datasets named as cxrfx's adapters name them (and so as
+# ``python -m cxrfx prepare NAME`` names their datalists): MIMIC is ``mimic_cxr_jpg``.
 PAPER_TASK_ORDER = (
-    ("chexpert", "cls"), ("nih14", "cls"), ("vindr_cxr", "cls"), ("shenzhen", "cls"), ("mimic", "cls"),
+    ("chexpert", "cls"), ("nih14", "cls"), ("vindr_cxr", "cls"), ("shenzhen", "cls"), ("mimic_cxr_jpg", "cls"),
     ("tbx11k", "cls"), ("tbx11k", "det"), ("node21", "cls"), ("node21", "det"), ("candid_ptx", "cls"),
     ("candid_ptx", "det"), ("candid_ptx", "seg"), ("rsna_pneumonia", "cls"), ("rsna_pneumonia", "det"),
     ("chestx_det", "cls"), ("chestx_det", "det"), ("chestx_det", "seg"), ("siim_acr", "cls"), ("siim_acr", "det"),
@@ -103,9 +108,13 @@ def phantom_cycle(lock_fraction: float = 0.5) -> list[dict]:
                          ("phantom_seg", "cls"), ("phantom_seg", "seg")], lock_fraction=lock_fraction)
 
 
-def paper_cycle() -> list[dict]:
-    """The published cycle: 20 task-epochs, expanded into 29 lock / release steps."""
-    return expand_tasks(PAPER_TASK_ORDER)
+def paper_cycle(lock_cls: bool = False, iterations: int | None = None) -> list[dict]:
+    """The published cycle: 20 task-epochs, expanded into 29 lock / release steps (11 cls, 6 det x 2, 3 seg x 2).
+
+    ``lock_cls``: Foundation X+'s variant, classification locked for half an epoch first too (40 steps).
+    ``iterations``: every step that many iterations (``paper.json``'s dry run uses 1).
+    """
+    return expand_tasks(PAPER_TASK_ORDER, lock_cls=lock_cls, iterations=iterations)
 
 
 FINETUNE_MODES = ("full", "frozen", "warmup")

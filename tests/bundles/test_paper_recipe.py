@@ -1,0 +1,152 @@
+"""bundles/foundation_x configs/paper.json: the paper's recipe on prepared datalists, and its dry run.
+
+The dry run builds everything (stand-in datalists for the 11 datasets, network with heads read from them, loaders,
+optimiser, teacher, Lock-Release) and runs one iteration per step of the whole 29-step cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from cxrfx.data.adapters import list_adapters
+from cxrfx.data.sources import paper_datasets, schedule_tasks, write_stand_in
+from cxrfx.engines import LockReleaseEvents, paper_cycle
+from cxrfx.engines.schedule import PAPER_TASK_ORDER
+from cxrfx.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "foundation_x"
+CONFIGS = [str(BUNDLE / "configs" / n) for n in ("train.json", "paper.json")]
+
+
+def _parser(**overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(CONFIGS)
+    parser.update({"bundle_root": str(BUNDLE), **overrides})
+    return parser
+
+
+def test_paper_settings_are_the_published_ones():
+    """What a real run uses (REFERENCE §1.5-1.9), read without any data."""
+    parser = _parser()
+    got = {k: parser.get_parsed_content(k) for k in (
+        "image_size", "batch_size", "epochs", "lr_cycles", "backbone", "backbone_kwargs", "backbone_lr", "head_lr",
+        "train#optimizer#weight_decay", "train#teacher#momentum", "train#teacher#update_on",
+        "train#trainer#consistency_weight", "datalists_dir", "ckpt_dir", "validate_data")}
+    assert got["image_size"] == 224 and got["batch_size"] == 24
+    assert got["backbone"] == "base" and got["backbone_kwargs"] == {"drop_path_rate": 0.2, "use_checkpoint": True}
+    assert (got["backbone_lr"], got["head_lr"], got["train#optimizer#weight_decay"]) == (1e-5, 1e-4, 1e-4)
+    assert (got["train#teacher#momentum"], got["train#teacher#update_on"]) == (0.8, "step")
+    assert got["train#trainer#consistency_weight"] == 0.5
+    assert got["epochs"] == got["lr_cycles"] == 150  # total_epochs 3000 task-epochs / 20 per cycle
+    assert got["datalists_dir"] == str(BUNDLE / "data" / "datalists")
+    assert got["ckpt_dir"] == str(BUNDLE / "models")
+    assert got["validate_data"] is False  # decoding ~1 M images at every (re)start: `cxrfx validate` once instead
+    steps = parser.get_parsed_content("schedule")
+    assert len(steps) == 29 and all("epoch_fraction" in s for s in steps)
+    assert len(_parser(lock_cls=True).get_parsed_content("schedule")) == 40  # Foundation X+: cls locked first too
+
+
+def test_paper_dataset_names_are_the_adapters():
+    adapters = {info.name: set(info.tasks) for info in list_adapters()}
+    full = {"cls": "classification", "det": "detection", "seg": "segmentation"}
+    for dataset, task in PAPER_TASK_ORDER:
+        assert dataset in adapters, dataset
+        assert full[task] in adapters[dataset], (dataset, task)
+
+
+def test_head_sizes_come_from_the_datalists(tmp_path):
+    order = schedule_tasks(paper_cycle())
+    folder = Path(write_stand_in(tmp_path, order, images=2, size=32))
+    data = json.loads((folder / "chexpert.json").read_text())
+    data["tasks"]["classification"]["labels"] = data["tasks"]["classification"]["labels"][:3]
+    for split in ("training", "validation"):
+        for item in data[split]:
+            item["label"] = item["label"][:3]
+    (folder / "chexpert.json").write_text(json.dumps(data))
+    got = paper_datasets(folder, paper_cycle())
+    assert got["cls_heads"]["chexpert"] == 3
+    assert got["det_heads"] == {"tbx11k": 3, "node21": 1, "candid_ptx": 3, "rsna_pneumonia": 1, "chestx_det": 13,
+                                "siim_acr": 1}
+    assert got["seg_heads"] == {"candid_ptx": 3, "chestx_det": 13, "siim_acr": 1}
+    assert got["datasets"]["chestx_det"] == {"datalist": str(folder / "chestx_det.json"),
+                                             "tasks": ["cls", "det", "seg"]}
+    assert list(got["datasets"]) == list(order)
+
+    # every problem at once, each with what to do
+    (folder / "siim_acr.json").unlink()
+    data = json.loads((folder / "tbx11k.json").read_text())
+    del data["tasks"]["detection"]
+    for split in ("training", "validation"):
+        for item in data[split]:
+            del item["boxes"], item["box_labels"]
+    (folder / "tbx11k.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as info:
+        paper_datasets(folder, paper_cycle())
+    message = str(info.value)
+    assert "2 problem(s)" in message
+    assert (f"python -m cxrfx prepare siim_acr --root <siim_acr as downloaded> --out {folder / 'siim_acr.json'}"
+            in message)
+    assert "tbx11k.json: no detection task, which the schedule trains (det/tbx11k)" in message
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper")
+    workflow = ConfigWorkflow(config_file=CONFIGS, meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                              logging_file=str(BUNDLE / "configs" / "logging.conf"), workflow_type="train",
+                              bundle_root=str(root), dry_run=True, dry_run_dir=str(root / "dry_run"))
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    record = {"steps": [], "losses": [], "completed": 0}
+
+    def started(engine):
+        step = engine.state.cxrfx_step
+        record["steps"].append((step.dataset, step.task, step.phase))
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, started)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda e: record["losses"].append(float(e.state.output["loss"])))
+    trainer.add_event_handler(LockReleaseEvents.STEP_COMPLETED,
+                              lambda e: record.__setitem__("completed", record["completed"] + 1))
+    workflow.run()
+    record["workflow"] = workflow
+    record["root"] = root
+    return record
+
+
+def test_dry_run_walks_the_whole_cycle(dry_run):
+    expected = [(s["dataset"], s["task"], s["phase"]) for s in paper_cycle()]
+    assert dry_run["steps"] == expected  # one iteration per step, in the paper's order
+    assert len(expected) == 29
+    assert sum(t == "cls" for _, t, _ in expected) == 11
+    assert sum(t == "det" for _, t, _ in expected) == 12 and sum(t == "seg" for _, t, _ in expected) == 6
+    assert {(d, t) for d, t, p in expected if p == "lock"} == {(d, t) for d, t in PAPER_TASK_ORDER if t != "cls"}
+    assert dry_run["completed"] == 29  # STEP_COMPLETED: the teacher updates after each step
+    assert len(dry_run["losses"]) == 29 and all(math.isfinite(v) for v in dry_run["losses"])
+
+
+def test_dry_run_builds_the_recipe_from_its_datalists(dry_run):
+    parser = dry_run["workflow"].parser
+    root = dry_run["root"]
+    data = parser.get_parsed_content("paper_data")
+    assert data["datalists_dir"] == str(root / "dry_run" / "datalists")
+    network = parser.get_parsed_content("network")
+    for task in ("cls", "det", "seg"):
+        assert set(network.heads(task)) == set(data[f"{task}_heads"]), task
+    assert network.config["cls_heads"] == data["cls_heads"] and network.config["seg_heads"] == data["seg_heads"]
+    assert parser.get_parsed_content("train#lr_scheduler").t_total == 150 * 29
+    teacher = parser.get_parsed_content("train#teacher")
+    assert (teacher.momentum, teacher.updates) == (0.8, 29)  # m = 0.8 after each step
+    # everything the dry run writes stays under dry_run_dir
+    assert (root / "dry_run" / "models" / "last.pt").is_file()
+    assert not (root / "models").exists()
+    state = torch.load(root / "dry_run" / "models" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] == 29
