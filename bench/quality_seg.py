@@ -39,7 +39,7 @@ is listed beside the table and run again. Every invocation ends by writing the t
 bundles/finetune_seg/docs/README.md between this script's markers (``--report-only``: from the stored runs alone,
 without building the data).
 
-    nice -n 19 python bench/quality_seg.py --seeds 0 1 2      # resumes; on 2 CPU cores hours per run
+    nice -n 19 python bench/quality_seg.py --threads 1        # resumes; ~10 min per run on one busy CPU core
     python bench/quality_seg.py --device cuda --workers 4      # the stored runs: ~25 s per run on an H200
     python bench/quality_seg.py --device cuda --arms upernet unetpp --set backbone_lr=1e-3 head_lr=3e-3
     python bench/quality_seg.py --report-only                  # tables from the stored runs
@@ -379,10 +379,11 @@ def report(results: dict, meta: dict, excluded: dict | None = None, variants: di
              f"run. Trained on: {where(same_cost)} (settings table included). Speed columns (training only, the "
              "in-memory cache filled before): runs that had the machine to themselves; `CPU s / it` is this "
              "process's CPU time (all threads, not the loader workers'). The arms are compared at equal iterations.",
-             "", "Reproduce: `python bench/quality_seg.py --device cuda --workers 4` (resumes; on CPU drop the two "
-             "options: hours per run on 2 cores); settings: `--arms monai_unet --unet-lr 1e-3`, `--arms upernet "
-             "unetpp --set backbone_lr=1e-3 head_lr=3e-3` or `--set 'mode=\"full\"'`, `--iterations 1200 --seeds "
-             "0`; `--report-only` rewrites this.", ""]
+             "", "Reproduce: `python bench/quality_seg.py --device cuda --workers 4` (resumes; on CPU `--threads 1` "
+             "instead: about 10 minutes per run on one core of a busy machine); settings: `--arms monai_unet "
+             "--unet-lr 1e-3`, `--arms upernet unetpp --set backbone_lr=1e-3 head_lr=3e-3` or `--set "
+             "'mode=\"full\"'`, `--iterations 1200 --seeds 0`; CPU check: `--check --threads 1 --seeds 0 --arms "
+             "monai_unet upernet`; `--report-only` rewrites this.", ""]
     for it in budgets:
         lines += [f"**Budget: {it} iterations** (test split; validation `dice_fx` in the last column)", "",
                   "| arm | n | parameters (M) | CPU s / it | wall it / s | dice_fx | dice_global | HD95 (px) | "
