@@ -99,12 +99,14 @@ class CLI:
         print(f"{len(lines)} leaking image(s)", file=sys.stderr)
         sys.exit(1 if lines else 0)
 
-    def demo(self, out: str = "runs/demo", count: int = 64, size: int = 256, seed: int = 0, train: bool = True,
-             epochs: int | None = None):
+    def demo(self, out: str = "runs/demo", count: int | None = None, size: int | None = None, seed: int = 0,
+             train: bool = True, epochs: int | None = None):
         """The main job on the phantom: build and validate it, pretrain Foundation X (bundles/foundation_x, demo
-        override), evaluate student and teacher on the test split, run inference, write overlays and a summary.
+        override), score student and teacher on the test split (bootstrap intervals), draw predictions beside
+        the ground truth, ROC and learning curves, run inference, write overlays and a summary.
 
         Args:
+            count, size: the phantom's images per dataset and width (default: the demo config's).
             train: False stops after the data part (phantom, validation, overlays).
             epochs: override the demo's number of training cycles.
         """

@@ -1,19 +1,22 @@
 """``make demo`` / ``cxrfx demo``: the main job end to end on the embedded phantom.
 
-1. Build the phantom (three datasets, three annotation kinds and file formats), validate it, draw overlays
-   from the files through the training loaders.
-2. Foundation X pretraining with ``bundles/foundation_x`` (``train.json`` + ``demo.json``: small network, 96 px)
-   over phantom_cls / phantom_det / phantom_seg: Lock-Release cycle, EMA teacher, consistency losses.
-3. Evaluation of student and teacher on the held-out test split, and inference (all heads) on held-out
-   DICOM images: JSON / CSV / mask PNGs / overlays.
-4. A summary: data table, metrics table (student and teacher), timings.
+1. Build the phantom (three datasets, three annotation kinds and file formats; sizes from ``demo.json``),
+   validate it, draw overlays from the files through the training loaders.
+2. Foundation X pretraining with ``bundles/foundation_x`` (``train.json`` + ``demo.json``: small Swin with the
+   convolutional stem, 128 px) over phantom_cls / phantom_det / phantom_seg: Lock-Release cycle, EMA teacher,
+   consistency losses.
+3. Student and teacher on the held-out test split (:mod:`cxrfx.demo_report`): AUC per label, Dice per class,
+   AP50, each with a 95% bootstrap interval; predictions beside the ground truth, ROC curves, the learning
+   curve; inference (all heads) on held-out DICOM images through the bundle's ``inference.json``.
+4. ``summary.md``: data table, the test tables, the pictures, one line per task against its baseline (from the
+   benchmarks' stored results), CPU and wall time.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -25,7 +28,7 @@ from cxrfx.errors import CXRFXError
 from cxrfx.io.transforms import LoadCXRd, LoadMaskd, NormalizeCXRd
 from cxrfx.outputs.overlays import contact_sheet, save_overlay
 
-__all__ = ["run_demo", "summary_table", "metrics_table", "default_bundle"]
+__all__ = ["run_demo", "analyse", "demo_settings", "summary_table", "default_bundle"]
 
 
 def default_bundle() -> str:
@@ -46,22 +49,6 @@ def summary_table(summary: dict) -> str:
         rows.append(f"| {name} | {formats.get(name, '')} | {s['training']} / {s['validation']} / {s['test']} | "
                     f"{counts} | {info['boxes']} | {info['bytes'] / 1e6:.1f} | {info['seconds']:.1f} |")
     return "\n".join(rows)
-
-
-def metrics_table(metrics: dict[str, float]) -> str:
-    """Markdown table: one row per (task, dataset, metric), student and teacher columns."""
-    rows = {}
-    for key, value in metrics.items():
-        parts = key.split("/")
-        if len(parts) == 4 and parts[0] in ("student", "teacher"):
-            rows.setdefault("/".join(parts[1:]), {})[parts[0]] = value
-        elif len(parts) == 2 and parts[1] == "mean":
-            rows.setdefault("mean of main scores", {})[parts[0]] = value
-    lines = ["| task / dataset / metric | student | teacher |", "|---|---|---|"]
-    for name, v in sorted(rows.items(), key=lambda kv: (kv[0] == "mean of main scores", kv[0])):
-        fmt = (lambda x: "n/a" if x is None or x != x else f"{x:.3f}")
-        lines.append(f"| {name} | {fmt(v.get('student'))} | {fmt(v.get('teacher'))} |")
-    return "\n".join(lines)
 
 
 def _overlays(datalist_path: str, out_dir: str, limit: int) -> list[str]:
@@ -107,23 +94,29 @@ def _bundle_run(bundle: str, configs: list[str], bundle_root: str, log_path: str
         raise CXRFXError(f"bundle run {configs} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
 
 
-def _read_metrics(path: str) -> dict[str, float]:
-    metrics = {}
-    with open(path, encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if len(row) == 2:
-                try:
-                    metrics[row[0]] = float(row[1])
-                except ValueError:
-                    continue
-    return metrics
+def demo_settings(bundle: str | None = None) -> dict:
+    """``demo.json``'s phantom size and count (what ``make demo`` builds when not told otherwise)."""
+    with open(os.path.join(bundle or default_bundle(), "configs", "demo.json"), encoding="utf-8") as f:
+        demo = json.load(f)
+    return {"count": int(demo.get("phantom_count", 64)), "size": int(demo.get("phantom_size", 256))}
 
 
-def run_demo(out: str = "runs/demo", count: int = 64, size: int = 256, seed: int = 0, overlays: int = 4,
-             train: bool = True, bundle: str | None = None, epochs: int | None = None) -> dict:
-    """Build and check the phantom, pretrain Foundation X on it, evaluate, infer, and summarise under ``out``."""
-    start = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_demo(out: str = "runs/demo", count: int | None = None, size: int | None = None, seed: int = 0,
+             overlays: int = 4, train: bool = True, bundle: str | None = None, epochs: int | None = None,
+             n_boot: int = 1000) -> dict:
+    """Build and check the phantom, pretrain Foundation X on it, score it on the test split, infer, draw and
+    summarise under ``out``. ``count`` / ``size``: the phantom (default: ``demo.json``'s); ``epochs``: cycles."""
+    start, cpu0 = time.perf_counter(), time.process_time() + _children_cpu()
     out = os.path.abspath(out)
+    bundle = bundle or default_bundle()
+    settings = demo_settings(bundle)
+    count = settings["count"] if count is None else count
+    size = settings["size"] if size is None else size
     phantom_dir = os.path.join(out, "phantom")
     summary = generate_phantom(phantom_dir, count=count, size=size, seed=seed)
     problems = []
@@ -135,13 +128,17 @@ def run_demo(out: str = "runs/demo", count: int = 64, size: int = 256, seed: int
     paths = []
     for name in PHANTOM_DATASETS:
         paths += _overlays(os.path.join(phantom_dir, name, "datalist.json"), overlay_dir, overlays)
-    sheet = contact_sheet(paths, os.path.join(out, "overlays.png"), columns=overlays)
-    report = (f"# cxrfx demo\n\nPhantom: {summary['params']}, images {summary['image_shape'][1]} x "
+    contact_sheet(paths, os.path.join(out, "overlays.png"), columns=overlays)
+    data_s = time.perf_counter() - start
+    report = (f"# cxrfx demo\n\nNumbers and pictures on the **phantom** (synthetic patients made from one CT, "
+              f"findings inserted by a program): they show that the machinery learns, not how it would do on "
+              f"real radiographs. Nothing here is clinical.\n\n"
+              f"Phantom: {summary['params']}, images {summary['image_shape'][1]} x "
               f"{summary['image_shape'][0]} px (W x H), detector pixel {summary['pixel_mm']:.3f} mm.\n"
               f"Generation: {summary['seconds']:.1f} s (CT load and preparation {summary['setup_seconds']:.1f} s).\n"
-              f"All datalists and files validated.\n\n{summary_table(summary)}\n\nData overlays: {sheet}\n")
+              f"All datalists and files validated.\n\n{summary_table(summary)}\n\n"
+              f"Data overlays: [overlays.png](overlays.png)\n")
     if train:
-        bundle = bundle or default_bundle()
         root = os.path.join(out, "foundation_x")
         os.makedirs(root, exist_ok=True)
         common = {"dataset_dir": phantom_dir, "phantom_count": count, "phantom_size": size}
@@ -151,24 +148,65 @@ def run_demo(out: str = "runs/demo", count: int = 64, size: int = 256, seed: int
         print("demo: pretraining Foundation X on the phantom (bundles/foundation_x, demo override) ...", flush=True)
         _bundle_run(bundle, ["train.json", "demo.json"], root, os.path.join(out, "train.log"), **common)
         train_s = time.perf_counter() - t0
-        print("demo: evaluating student and teacher on the test split ...", flush=True)
-        _bundle_run(bundle, ["train.json", "demo.json", "evaluate.json"], root, os.path.join(out, "evaluate.log"),
-                    **common, **{"validate#dataset#split": "test", "output_dir": os.path.join(root, "eval", "test")})
-        metrics = _read_metrics(os.path.join(root, "eval", "test", "metrics.csv"))
+        print("demo: student and teacher on the test split ...", flush=True)
+        report += analyse(out, bundle, common, n_boot=n_boot)
         print("demo: inference on held-out DICOM images ...", flush=True)
         predictions = os.path.join(root, "eval", "predictions")
         _bundle_run(bundle, ["inference.json", "demo.json"], root, os.path.join(out, "inference.log"),
                     **common, input_path=os.path.join(phantom_dir, "phantom_det", "datalist.json"),
                     output_dir=predictions)
-        pred_overlays = sorted(os.path.join(predictions, f) for f in os.listdir(predictions) if f.endswith("_overlay.png"))
-        pred_sheet = contact_sheet(pred_overlays[:8], os.path.join(out, "predictions.png"), columns=4)
-        report += (f"\n## Foundation X pretraining (demo override)\n\nTraining: {train_s:.0f} s; logs in {out}/*.log; "
-                   f"checkpoints in {root}/models (model.pt = best teacher on validation).\n\n"
-                   f"Test split (held out), student and teacher:\n\n{metrics_table(metrics)}\n\n"
-                   f"Prediction overlays (test DICOMs, all heads): {pred_sheet}\n")
-        summary["metrics"] = metrics
+        pred_overlays = sorted(os.path.join(predictions, f) for f in os.listdir(predictions)
+                               if f.endswith("_overlay.png"))
+        contact_sheet(pred_overlays[:8], os.path.join(out, "predictions.png"), columns=4)
+        report += ("\nInference through the bundle's `inference.json` (test DICOMs, every head, as `cxrfx predict` "
+                   "writes it): [predictions.png](predictions.png), files in `foundation_x/eval/predictions/`.\n")
+        summary["train_seconds"] = round(train_s, 1)
+    wall, cpu = time.perf_counter() - start, time.process_time() + _children_cpu() - cpu0
+    report += (f"\n## Time\n\nWall {wall:.0f} s (data {data_s:.0f} s"
+               + (f", pretraining {summary['train_seconds']:.0f} s" if train else "")
+               + f"); CPU {cpu:.0f} s (this process and the bundle runs it started) on "
+               f"{len(os.sched_getaffinity(0))} usable cores, load average {os.getloadavg()[0]:.1f} at the end.\n")
     with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
         f.write(report)
     print(report)
-    print(f"demo finished in {time.perf_counter() - start:.1f} s")
+    print(f"demo finished in {wall:.1f} s (CPU {cpu:.1f} s)")
+    summary.update(wall_seconds=round(wall, 1), cpu_seconds=round(cpu, 1))
     return summary
+
+
+def analyse(out: str, bundle: str, overrides: dict, n_boot: int = 1000, figures_dir: str | None = None) -> str:
+    """Score a trained demo run under ``out`` (``foundation_x/models/last.pt``, ``train.log``) on the test split,
+    write the pictures (``figures_dir``, default ``out``) and ``scores.json``; returns the summary's markdown."""
+    from cxrfx.demo_report import (
+        baseline_lines, bundle_parser, read_learning_curve, score_tables, test_predictions, write_figures,
+    )
+
+    root = os.path.join(out, "foundation_x")
+    figures_dir = figures_dir or out
+    parser = bundle_parser(bundle, ["train.json", "demo.json"], bundle_root=root, **overrides)
+    preds = test_predictions(parser, os.path.join(root, "models", "last.pt"))
+    tables = {m: score_tables(p, n_boot=n_boot) for m, p in preds.items()}
+    curve = read_learning_curve(os.path.join(out, "train.log"))
+    pictures = write_figures(preds["teacher"], curve, figures_dir)
+    with open(os.path.join(out, "scores.json"), "w", encoding="utf-8") as f:
+        json.dump({m: t[1] for m, t in tables.items()} | {"learning_curve": curve}, f, indent=1)
+    rel = {k: os.path.relpath(v, out) for k, v in pictures.items()}
+    cycles = max(curve) if curve else 0
+    md = (f"\n## Foundation X pretraining (demo override)\n\n{cycles} Lock-Release cycles; logs in `*.log`, "
+          f"checkpoints in `foundation_x/models` (`last.pt`: student and teacher after the last cycle, scored "
+          f"below; `model.pt`: the best teacher on validation).\n\n"
+          f"### Test split (held out), teacher, with 95% bootstrap intervals over images\n\n"
+          f"Classification AUC per label (each head on its own dataset's test images; pooled: all of them):\n\n"
+          f"{tables['teacher'][0]}\n"
+          f"### Student (the weights being trained; the teacher is their EMA)\n\n{tables['student'][0]}\n"
+          f"### Pictures\n\n")
+    captions = {"predictions": "test films, ground truth | prediction (mask contours; boxes: truth green, found "
+                               "orange), finding probabilities under each (* = true); ribs not drawn",
+                "roc": "ROC curves per label, every classification head's test images pooled",
+                "learning_curve": "validation score of the teacher after each cycle (learning curve)"}
+    for key, path in rel.items():
+        caption = captions.get(key, f"ROC curves per label, {key[4:]} test images")
+        md += f"- [{os.path.basename(path)}]({path}): {caption}\n"
+    md += ("\n### Against the baselines (the benchmarks' latest stored results, not re-run here)\n\n"
+           + "\n".join(baseline_lines(os.path.abspath(os.path.join(bundle, "..", "..")))) + "\n")
+    return md
