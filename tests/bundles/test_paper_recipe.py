@@ -150,3 +150,22 @@ def test_dry_run_builds_the_recipe_from_its_datalists(dry_run):
     assert not (root / "models").exists()
     state = torch.load(root / "dry_run" / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert state["trainer"]["iteration"] == 29
+
+
+def test_real_path_reads_datalists_dir_and_sizes_steps_by_epochs(tmp_path):
+    """Not the dry run: ``datalists_dir`` pointed at prepared datalists (here a stand-in written beforehand), step
+    lengths as fractions of each loader (lock half an epoch, release one), checkpoints in the bundle's models/."""
+    folder = write_stand_in(tmp_path / "prepared", schedule_tasks(paper_cycle()), images=4, size=32)
+    small = {"image_size": 32, "batch_size": 2, "num_workers": 0, "epochs": 1, "backbone": "tiny",
+             "backbone_kwargs": "$@dry_run_backbone", "network_def#psp_channels": 32, "network_def#seg_channels": 16,
+             "network_def#det_channels": 32}
+    workflow = ConfigWorkflow(config_file=CONFIGS, meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                              logging_file=str(BUNDLE / "configs" / "logging.conf"), workflow_type="train",
+                              bundle_root=str(tmp_path / "bundle"), datalists_dir=folder, **small)
+    workflow.initialize()
+    lock_release = workflow.parser.get_parsed_content("train#lock_release")
+    assert lock_release.lengths == [1 if s["phase"] == "lock" else 2 for s in paper_cycle()]  # 4 images, batch 2
+    workflow.run()
+    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 9 * 1 + 20 * 2
+    assert (tmp_path / "bundle" / "models" / "last.pt").is_file()
+    assert not (tmp_path / "bundle" / "eval" / "paper_dry_run").exists()
