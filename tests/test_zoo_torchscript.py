@@ -63,3 +63,25 @@ def test_torch_export_still_works():
     with torch.no_grad():
         for g, w in zip(exported.module()(x), model(x)):
             torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+
+
+def test_classification_task_net_scripts_with_its_input_contract():
+    """FoundationX / TaskNet hand ``torch.jit.script`` their (task, head) as plain modules (``__prepare_scriptable__``);
+    a task's input contract (the patch-embedding correction of a Foundation X load) is baked into the scripted
+    copy, the model's own weights untouched. (Segmentation and detection need their heads scriptable too.)"""
+    from cxrfx.networks import FoundationX, TaskNet
+    from cxrfx.networks.input_contract import TaskInput
+
+    torch.manual_seed(0)
+    model = FoundationX("tiny", cls_heads={"a": 3}, backbone_kwargs=TINY).eval()
+    proj = model.backbone.patch_embed.proj
+    before = proj.weight.detach().clone()
+    x = torch.rand(2, 1, 64, 64)
+    for contract in (False, True):
+        if contract:
+            model.task_inputs["cls"] = TaskInput(torch.randn_like(proj.weight) * 0.1, torch.randn_like(proj.bias) * 0.1)
+        for net in (model, TaskNet("cls", network=model).eval()):
+            scripted = torch.jit.script(net)
+            with torch.no_grad():
+                torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=1e-5)
+    assert torch.equal(proj.weight, before)

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 import torch
 
-from cxrfx.networks.foundation_x import FoundationX
+from cxrfx.networks.foundation_x import FoundationX, _ScriptedDet
 from cxrfx.networks.heads.detection import BOX_KEY, CLS_KEY
 
 __all__ = ["DenseDetectionNet", "flatten_maps", "split_dense"]
 
 
-def flatten_maps(maps: Sequence[torch.Tensor], num_anchors: int) -> torch.Tensor:
+def flatten_maps(maps: list[torch.Tensor], num_anchors: int) -> torch.Tensor:
     """Per-level (B, A*C, H, W) maps -> (B, sum(H*W*A), C), as ``RetinaNetDetector._reshape_maps``."""
     out = []
     for m in maps:
@@ -49,6 +49,20 @@ def split_dense(dense: torch.Tensor, level_shapes: Sequence[tuple[int, int]], nu
     return out
 
 
+class _ScriptedDense(_ScriptedDet):
+    """The packed ``(B, K + 4, N)`` output of :class:`DenseDetectionNet` for ``torch.jit.script``."""
+
+    def __init__(self, model: FoundationX, head: str | None):
+        super().__init__(model, "det", head)
+        self.num_anchors = int(self.head.num_anchors)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = self.head(self.shared(self.features(x)))
+        packed = torch.cat([flatten_maps(out["classification"], self.num_anchors),
+                            flatten_maps(out["box_regression"], self.num_anchors)], dim=2)
+        return packed.transpose(1, 2).contiguous()
+
+
 class DenseDetectionNet(FoundationX):
     """:class:`FoundationX` (same arguments; ``default_task`` "det") with a single-tensor default output."""
 
@@ -56,6 +70,10 @@ class DenseDetectionNet(FoundationX):
         super().__init__(*args, default_task=default_task, **kwargs)
         if self.default_task != "det" or not len(self.det_heads):
             raise ValueError("DenseDetectionNet needs detection heads and default_task 'det'")
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` (the Model Zoo's ``ckpt_export``): the default head's packed output."""
+        return _ScriptedDense(self, self.default_head)
 
     def forward(self, x: torch.Tensor, task: str | None = None, head: str | None = None,
                 return_features: bool = False):

@@ -14,6 +14,7 @@ normalised input are folded into the first conv on load, see ``checkpoints.py``)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -23,7 +24,7 @@ from cxrfx.networks.heads import DEFAULT_HEAD_TYPES, TASKS, get_head_type
 from cxrfx.networks.input_contract import create_task_inputs_from_state_dict
 from cxrfx.networks.swin import swin
 
-__all__ = ["FoundationX", "TaskNet", "HeadPredictor", "TASKS", "parameter_counts"]
+__all__ = ["FoundationX", "TaskNet", "HeadPredictor", "TASKS", "parameter_counts", "scriptable"]
 
 # constructor arguments that configure the default head types (kept: configs and checkpoints' configs use them)
 _LEGACY_OPTIONS = {"upernet": {"seg_channels": "channels", "psp_channels": "psp_channels",
@@ -166,6 +167,10 @@ class FoundationX(nn.Module):
         out = self.head_type(task).head_forward(self.heads(task)[name], shared, x.shape[-2:])
         return (out, shared) if return_features else out
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(model)`` (the Model Zoo's ``ckpt_export``) compiles the default (task, head)."""
+        return scriptable(self)
+
     def forward_all(self, x: torch.Tensor, tasks: Sequence[str] = TASKS) -> dict[str, object]:
         """Every head's raw output from one backbone pass (one per distinct input contract): keys
         ``"<task>/<name>"`` (only ``tasks``)."""
@@ -180,6 +185,72 @@ class FoundationX(nn.Module):
                 out.update({f"{task}/{k}": head_type.head_forward(h, shared, x.shape[-2:])
                             for k, h in self.heads(task).items()})
         return out
+
+
+class _ScriptedTask(nn.Module):
+    """One (task, head) of a :class:`FoundationX` as plain submodules (shared with the model, no copies) with a
+    fixed forward: what ``torch.jit.script`` compiles in place of the model (``__prepare_scriptable__``), since
+    the model's own forward picks its parts by name at run time. Subclasses per task kind."""
+
+    def __init__(self, model: FoundationX, task: str, head: str | None):
+        super().__init__()
+        self.backbone = model.backbone
+        contract = model.task_inputs[task] if task in model.task_inputs else None
+        if contract is not None:  # the task's input contract baked into a copy of the patch embedding (export only)
+            self.backbone = copy.copy(model.backbone)
+            self.backbone._modules = dict(model.backbone._modules)
+            embed = copy.deepcopy(model.backbone.patch_embed)
+            with torch.no_grad():
+                embed.proj.weight.add_(contract.weight)
+                embed.proj.bias.add_(contract.bias)
+            self.backbone._modules["patch_embed"] = embed
+        self.register_buffer("input_mean", model.input_mean)
+        self.register_buffer("input_std", model.input_std)
+        self.in_chans = int(model.backbone.in_chans)
+        self.head = model.heads(task)[model._head(task, head)]
+        shared = model.head_type(task).shared_attributes
+        self.shared = getattr(model, shared[0]) if shared else nn.Identity()
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.shape[1] != self.in_chans:
+            raise ValueError("unexpected number of input channels")
+        return self.backbone((x - self.input_mean) / self.input_std)
+
+
+class _ScriptedCls(_ScriptedTask):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.pooled(self.features(x)[-1]))
+
+
+class _ScriptedSeg(_ScriptedTask):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.shared(self.features(x)), [x.shape[2], x.shape[3]])
+
+
+class _ScriptedDet(_ScriptedTask):
+    def forward(self, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        return self.head(self.shared(self.features(x)))
+
+
+class _ScriptedDetMaps(_ScriptedDet):
+    """TaskNet's detection output: the class maps then the box maps, as one list (a tuple in eager mode)."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        out = self.head(self.shared(self.features(x)))
+        return out["classification"] + out["box_regression"]
+
+
+_SCRIPTED = {"cls": _ScriptedCls, "seg": _ScriptedSeg, "det": _ScriptedDet}
+
+
+def scriptable(model: FoundationX, task: str | None = None, head: str | None = None) -> nn.Module:
+    """``model``'s (task, head) (default: its ``default_task`` / ``default_head``) as a module ``torch.jit.script``
+    compiles; it shares the model's parameters and computes what ``model(x, task, head)`` does."""
+    if task is None:
+        task, head = model.default_task, head or model.default_head
+    if task not in _SCRIPTED:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return _SCRIPTED[task](model, task, head)
 
 
 class HeadPredictor:
@@ -231,6 +302,12 @@ class TaskNet(nn.Module):
         self.network = network if network is not None else FoundationX(**kwargs)
         self.task = task
         self.head = self.network._head(task, head)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script``: the wrapped (task, head); detection returns a list of the maps (eager: a tuple)."""
+        if self.task == "det":
+            return _ScriptedDetMaps(self.network, "det", self.head)
+        return scriptable(self.network, self.task, self.head)
 
     def forward(self, image: torch.Tensor):
         out = self.network(image, task=self.task, head=self.head)
