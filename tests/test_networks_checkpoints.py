@@ -377,3 +377,19 @@ def test_fx_per_task_contract_trains_the_shared_conv_and_exports(fx_reference, t
     traced = export_torchscript(TaskNet("seg", "candid_ptx", network=model), x, tmp_path / "seg.ts")
     with torch.no_grad():
         _assert_close(traced(x)[..., ::3, ::3], fx_reference["seg_logits_every3"][2], "TorchScript seg head")
+
+
+def test_fx_equals_reference_at_512_px_where_windows_are_padded():
+    ref = torch.load(os.path.join(FIXTURES, "fx_tiny_reference_512.pt"), weights_only=True)
+    model = _fx_model(ref, det_heads={"tbx11k": 1}, **foundation_x_layout("all"))
+    load_checkpoint(model, FX_CKPT)
+    x = _gray(ref)
+    with torch.no_grad():
+        every = model.forward_all(x, tasks=("cls", "seg"))
+        for i, name in enumerate(FX_CLASSIFICATION_HEADS):
+            _assert_close(every[f"cls/{name}"], ref["cls_logits"][i], f"cls head {name} at 512 px")
+        for i, name in enumerate(FX_SEGMENTATION_HEADS):
+            assert every[f"seg/{name}"].shape[-2:] == (512, 512)
+            _assert_close(every[f"seg/{name}"][..., ::7, ::7], ref["seg_logits_every7"][i], f"seg head {name} at 512 px")
+        for a, b in zip(model.forward_features(x, "det")[2:], ref["det_stages_2_3"]):
+            _assert_close(a, b, "localization-contract stage map at 512 px")
