@@ -105,8 +105,15 @@ def test_baseline_lines_read_stored_results(tmp_path):
     (results / "quality_det.json").write_text(json.dumps({"meta": {"size": 256}, "runs": {
         "a": {"arm": "cxrfx", "budget": "time", "ap50": 0.03, "cpm": 0.16},
         "b": {"arm": "monai", "budget": "time", "ap50": 0.0, "cpm": 0.04}}}))
+    def seg_run(arm, dice, variant=""):
+        return {"arm": arm, "iterations_budget": 400, "variant": variant,
+                "test": {"dice_fx": dice, "per_class": {c: {"dice_fx": dice} for c in ("lung_left", "heart")}}}
+
+    (results / "quality_seg.json").write_text(json.dumps({"meta": {"size": 224}, "runs": {
+        "u0": seg_run("upernet", 0.9), "m0": seg_run("monai_unet", 0.93), "x": seg_run("upernet", 0.1, "lr3x")}}))
     lines = baseline_lines(str(tmp_path))
     assert "0.900 over" in lines[0] and "DenseNet-121 0.800" in lines[0]
+    assert "UperNet test dice_fx 0.900 vs MONAI UNet 0.930 (lungs and heart 0.900 vs 0.930)" in lines[1]
     assert "AP50 0.030 vs MONAI RetinaNet-ResNet-18 0.000" in lines[2]
 
 

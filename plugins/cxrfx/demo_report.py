@@ -289,8 +289,7 @@ def baseline_lines(repo: str) -> list[str]:
         lines.append("- **Classification**: no stored baseline result (run `bench/demo_quality.py --baseline`).")
     seg = _latest_json(os.path.join(results, "quality_seg.json"))
     seg_line = _seg_line(seg) if seg else None
-    lines.append(seg_line or "- **Segmentation**: no stored MONAI UNet comparison in bench/results yet "
-                             "(issue 16's bench/few_shot.py / quality_seg.py will write one).")
+    lines.append(seg_line or "- **Segmentation**: no stored comparison with MONAI's UNet in bench/results yet.")
     det = _latest_json(os.path.join(results, "quality_det.json"))
     lines.append(_det_line(det) if det else "- **Detection**: no stored comparison with MONAI RetinaNet yet.")
     return lines
@@ -322,6 +321,28 @@ def _det_line(det: Mapping) -> str:
 
 
 def _seg_line(seg: Mapping) -> str | None:
-    """The segmentation benchmark's own one-line summary when it stores one (``summary_line``)."""
-    line = seg.get("summary_line") if isinstance(seg, Mapping) else None
-    return f"- **Segmentation** (bench/quality_seg.py): {line}" if line else None
+    """finetune_seg's UperNet (the segmentation head Foundation X uses) against MONAI's UNet in
+    ``quality_seg.json``: mean test ``dice_fx`` over the seeds both arms have at the most common budget, default
+    settings (no variant)."""
+    runs = [r for r in (seg.get("runs") or {}).values() if isinstance(r, Mapping) and not r.get("variant")
+            and isinstance(r.get("test"), Mapping)]
+    by_arm: dict = {}
+    for r in runs:
+        by_arm.setdefault((r.get("arm"), r.get("iterations_budget", r.get("iterations"))), []).append(r)
+    budgets = sorted({b for (a, b) in by_arm if a == "upernet" and ("monai_unet", b) in by_arm},
+                     key=lambda b: -len(by_arm[("upernet", b)]))
+    if not budgets:
+        return None
+    budget = budgets[0]
+    ours, unet = by_arm[("upernet", budget)], by_arm[("monai_unet", budget)]
+    meta = seg.get("meta", {})
+
+    def organs(items):
+        return _mean([r["test"].get("per_class", {}).get(c, {}).get("dice_fx", float("nan"))
+                      for r in items for c in TARGET_ORGANS])
+
+    return (f"- **Segmentation** (bench/quality_seg.py, {meta.get('size', '?')} px, {budget} iterations from scratch, "
+            f"{len(ours)} / {len(unet)} seeds): finetune_seg's UperNet test dice_fx "
+            f"{_mean([r['test']['dice_fx'] for r in ours]):.3f} vs MONAI UNet "
+            f"{_mean([r['test']['dice_fx'] for r in unet]):.3f} (lungs and heart {organs(ours):.3f} vs "
+            f"{organs(unet):.3f}).")
