@@ -330,6 +330,7 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrain_seed", type=int, default=100)
     parser.add_argument("--downstream_seed", type=int, default=200)
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--report_only", action="store_true", help="rewrite --results from <out>/results.json")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
@@ -338,9 +339,9 @@ def main(argv=None) -> None:
     if not args.report_only:
         import torch
 
-        torch.set_num_threads(2)
-        settings = {k: v for k, v in vars(args).items()
-                    if k not in ("out", "results", "report_only", "seeds", "arms", "shots")}  # runs are keyed by these
+        torch.set_num_threads(args.threads)  # one thread: on a shared 2-core machine two spin and wait
+        per_run = ("out", "results", "report_only", "seeds", "arms", "shots", "threads")  # runs are keyed by these
+        settings = {k: v for k, v in vars(args).items() if k not in per_run}
         if summary.get("settings") not in (None, settings):
             raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
         summary["settings"] = settings
