@@ -17,7 +17,7 @@ from common import count_flops, emit, interleaved_medians, machine
 from cxrfx.networks import FoundationX, parameter_counts
 
 PAPER = {"cls_heads": {"tbx11k": 1, "node21": 1, "candid_ptx": 1, "rsna_pneumonia": 3, "chestx_det": 13,
-                       "siim_acr": 1, "chexpert": 14, "nih14": 14, "vindr_cxr": 6, "shenzhen": 1, "mimic": 14},
+                       "siim_acr": 1, "chexpert": 14, "nih14": 14, "vindr_cxr": 6, "shenzhen": 1, "mimic_cxr_jpg": 14},
          "seg_heads": {"candid_ptx": 1, "chestx_det": 13, "siim_acr": 1},
          "det_heads": {"tbx11k": 2, "node21": 1, "candid_ptx": 1, "rsna_pneumonia": 1, "chestx_det": 13,
                        "siim_acr": 1}}

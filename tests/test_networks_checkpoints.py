@@ -103,7 +103,7 @@ def test_foundation_x_checkpoint_loads_trunk_and_matching_heads(tmp_path):
     trunk.pop("head.weight"), trunk.pop("head.bias")
     fx = {f"backbone.0.{k}": v for k, v in trunk.items()}
     classes = {"tbx11k": 1, "node21": 1, "candid_ptx": 1, "rsna_pneumonia": 3, "chestx_det": 13, "siim_acr": 1,
-               "chexpert": 14, "nih14": 14, "vindr_cxr": 6, "shenzhen": 1, "mimic": 14}
+               "chexpert": 14, "nih14": 14, "vindr_cxr": 6, "shenzhen": 1, "mimic_cxr_jpg": 14}
     for k, name in enumerate(FX_CLASSIFICATION_HEADS):
         fx[f"backbone.0.classification_heads.{k}.weight"] = torch.randn(classes[name], 192)
         fx[f"backbone.0.classification_heads.{k}.bias"] = torch.randn(classes[name])
@@ -115,14 +115,14 @@ def test_foundation_x_checkpoint_loads_trunk_and_matching_heads(tmp_path):
     path = tmp_path / "ckpt_E844_TH3.pth"
     torch.save({"model": student, "teacher_model": fx, "optimizer": {"state": {}}, "epoch": 844}, path)
 
-    model = _model(cls_heads={"nih14": 14, "vindr_cxr": 6, "mimic": 3, "ours": 2})
+    model = _model(cls_heads={"nih14": 14, "vindr_cxr": 6, "mimic_cxr_jpg": 3, "ours": 2})
     report = load_checkpoint(model, path)
     assert report.source == "foundation_x [teacher_model]"
     assert report.missing_in("backbone.") == []
     own = model.state_dict()
     torch.testing.assert_close(own["cls_heads.nih14.fc.weight"], fx["backbone.0.classification_heads.7.weight"])
     torch.testing.assert_close(own["cls_heads.vindr_cxr.fc.bias"], fx["backbone.0.classification_heads.8.bias"])
-    assert ("cls_heads.mimic.fc.weight", (14, 192), (3, 192)) in report.mismatched
+    assert ("cls_heads.mimic_cxr_jpg.fc.weight", (14, 192), (3, 192)) in report.mismatched
     assert "cls_heads.ours.fc.weight" in report.missing
     for k in ("backbone.0.Locnorm1.weight", "transformer.encoder.layers.0.linear1.weight", "input_proj.0.0.weight",
               "backbone.0.segmentation_heads.0.weight", "backbone.0.classification_heads.0.weight"):

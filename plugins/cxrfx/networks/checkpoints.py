@@ -47,14 +47,14 @@ __all__ = ["load_checkpoint", "LoadReport", "FX_CLASSIFICATION_HEADS", "FX_SEGME
 
 # Foundation X's classification_heads index -> dataset (REFERENCE §1.3, code order).
 FX_CLASSIFICATION_HEADS = ("tbx11k", "node21", "candid_ptx", "rsna_pneumonia", "chestx_det", "siim_acr",
-                           "chexpert", "nih14", "vindr_cxr", "shenzhen", "mimic")
+                           "chexpert", "nih14", "vindr_cxr", "shenzhen", "mimic_cxr_jpg")
 # Foundation X's segmentation_heads index -> dataset; the reference trains 2, 4 and 5 (CANDID-PTX, ChestX-Det with
 # 13 channels, SIIM-ACR); 0, 1 and 3 exist (1 channel each) and are never trained.
 FX_SEGMENTATION_HEADS = ("tbx11k", "node21", "candid_ptx", "rsna_pneumonia", "chestx_det", "siim_acr")
 FX_TRAINED_SEGMENTATION_HEADS = ("candid_ptx", "chestx_det", "siim_acr")
 FX_HEAD_CLASSES = {
     "cls": {"tbx11k": 1, "node21": 1, "candid_ptx": 1, "rsna_pneumonia": 3, "chestx_det": 13, "siim_acr": 1,
-            "chexpert": 14, "nih14": 14, "vindr_cxr": 6, "shenzhen": 1, "mimic": 14},
+            "chexpert": 14, "nih14": 14, "vindr_cxr": 6, "shenzhen": 1, "mimic_cxr_jpg": 14},
     "seg": {"tbx11k": 1, "node21": 1, "candid_ptx": 1, "rsna_pneumonia": 1, "chestx_det": 13, "siim_acr": 1},
 }
 # Input normalisation the source was trained with, per RGB channel, on [0, 1] images.
