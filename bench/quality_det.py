@@ -109,7 +109,7 @@ def with_extra_training(datalist: str, extra: str) -> str:
 
 
 def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations: int | None,
-          budget_s: float | None, eval_at: list[int] | None = None) -> dict:
+          budget_s: float | None, eval_at: list[int] | None = None, on_point=None) -> dict:
     from monai.optimizers import WarmupCosineSchedule
 
     from cxrfx.data.multitask import build_sources
@@ -148,6 +148,8 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
             if eval_at and done in eval_at and done < total:  # a learning curve: held-out scores on the way
                 points[done] = {"train_cpu_s": round(cpu_seconds() - start_cpu, 1),
                                 **evaluate(net, eval_detector(), datalist, size, batch)}
+                if on_point is not None:  # stored at once: a cut run keeps the points it reached
+                    on_point(points)
             used = cpu_seconds() - start_cpu
             if budget_s is not None and done == 10:  # the data are cached by now: set the schedule's length
                 total = max(20, int(budget_s / (used / done)))
@@ -218,8 +220,9 @@ def curve_report(curves: dict) -> list[str]:
              "|---|---|---|---|---|---|---|" + "---|" * len(BINS)]
     groups: dict = {}
     for r in curves.values():
+        arm = r["arm"] + (" (run cut short)" if r.get("partial") else "")
         for it, p in r["points"].items():
-            groups.setdefault((r["arm"], r["train_images"], int(it)), []).append(p)
+            groups.setdefault((arm, r["train_images"], int(it)), []).append(p)
     for (arm, n_train, it), ps in sorted(groups.items()):
         lines.append(f"| {arm} | {n_train} | {it} | {len(ps)} | {_ms([p['ap50'] for p in ps])} | "
                      f"{_ms([p['ap50_visible'] for p in ps])} | {_ms([p['cpm'] for p in ps])} | "
@@ -307,6 +310,8 @@ def main(argv=None) -> None:
     ap.add_argument("--results", default=str(HERE / "results" / "quality_det.json"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (the CPU budget is CPU time / threads; on a shared machine use 1)")
     ap.add_argument("--curve", type=int, nargs="+", default=None,
                     help="learning-curve study instead of the arm table: iterations at which the held-out set is "
                          "scored during one run of max(CURVE) iterations (arms and seeds as given)")
@@ -314,7 +319,7 @@ def main(argv=None) -> None:
                     help="with --curve: add every image of another phantom build of this many images (seed + 1, "
                          "other patients) to the training split; held-out images unchanged")
     a = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     results_path = Path(a.results)
     stored = json.loads(results_path.read_text()) if results_path.exists() else {"meta": {}, "runs": {}}
     datalist = build_phantom(Path(a.data), a.count, a.size, a.phantom_seed)
@@ -342,10 +347,18 @@ def main(argv=None) -> None:
         for seed in a.seeds:
             for arm in a.arms:
                 key = f"{arm}/{max(a.curve)}/train{n_train}/{seed}"
-                if key in curves:
+                if key in curves and not curves[key].get("partial"):
                     continue
                 print(f"curve {key} ...", flush=True)
-                r = train(arm, train_list, a.size, a.batch, seed, max(a.curve), None, eval_at=sorted(a.curve))
+
+                def keep(points, key=key, arm=arm, seed=seed):
+                    curves[key] = {"arm": arm, "seed": seed, "train_images": n_train, "partial": True,
+                                   "points": dict(points)}
+                    results_path.parent.mkdir(parents=True, exist_ok=True)
+                    results_path.write_text(json.dumps(stored, indent=1, default=float))
+
+                r = train(arm, train_list, a.size, a.batch, seed, max(a.curve), None, eval_at=sorted(a.curve),
+                          on_point=keep)
                 r.update(arm=arm, seed=seed, train_images=n_train)
                 curves[key] = r
                 results_path.parent.mkdir(parents=True, exist_ok=True)
