@@ -14,10 +14,10 @@ type's ``criterion`` and ``decoder`` run on already-computed head maps (so one b
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNetClassificationHead, RetinaNetRegressionHead
 from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
@@ -41,7 +41,8 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over channels of a (B, C, H, W) map (Foundation X's per-level ``Locnorm``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        out = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return out.permute(0, 3, 1, 2)
 
 
 BACKBONE_STRIDES = (4, 8, 16, 32)  # Swin stages 0-3
@@ -73,10 +74,11 @@ class DetectionNeck(nn.Module):
         self.fpn = FeaturePyramidNetwork(2, in_channels, out_channels, LastLevelMaxPool(2) if extra else None)
         self.out_channels = out_channels
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """The four backbone stage maps -> one map per level of ``strides``."""
-        used = [feats[i] for i in self.stages]
-        levels = OrderedDict((str(i), norm(f)) for i, (norm, f) in enumerate(zip(self.norms, used)))
+        levels: dict[str, torch.Tensor] = {}
+        for i, norm in enumerate(self.norms):
+            levels[str(i)] = norm(feats[self.stages[i]])
         return list(self.fpn(levels).values())
 
 
@@ -90,9 +92,9 @@ class RetinaHead(nn.Module):
         self.cls = RetinaNetClassificationHead(in_channels, num_anchors, num_classes, spatial_dims=2)
         self.box = RetinaNetRegressionHead(in_channels, num_anchors, spatial_dims=2)
 
-    def forward(self, levels: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    def forward(self, levels: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
         levels = [self.dropout(x) for x in levels]
-        return {CLS_KEY: self.cls(levels), BOX_KEY: self.box(levels)}
+        return {"classification": self.cls(levels), "box_regression": self.box(levels)}  # CLS_KEY, BOX_KEY
 
 
 class RetinaDetector(RetinaNetDetector):

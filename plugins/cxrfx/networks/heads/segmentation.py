@@ -47,6 +47,7 @@ class UperNetDecoder(nn.Module):
         self.psp_dropout = nn.Dropout2d(dropout)
         self.lateral = nn.ModuleList([conv_bn_relu(c, channels, 1) for c in in_channels[:-1]])
         self.lateral.append(conv_bn_relu(psp_channels, channels, 1))
+        self.shared_smoothing = bool(shared_smoothing)
         n_smooth = 1 if shared_smoothing else len(in_channels) - 1
         self.smooth = nn.ModuleList([conv_bn_relu(channels, channels, 3) for _ in range(n_smooth)])
         self.fuse = conv_bn_relu(len(in_channels) * channels, channels, 3)
@@ -54,19 +55,33 @@ class UperNetDecoder(nn.Module):
 
     def psp(self, top: torch.Tensor) -> torch.Tensor:
         size = top.shape[-2:]
-        pooled = [F.interpolate(p(top), size=size, mode="bilinear", align_corners=False) for p in self.psp_pools]
-        return self.psp_dropout(self.psp_bottleneck(torch.cat([top, *pooled], dim=1)))
+        branches = [top]
+        for pool in self.psp_pools:
+            branches.append(F.interpolate(pool(top), size=size, mode="bilinear", align_corners=False))
+        return self.psp_dropout(self.psp_bottleneck(torch.cat(branches, dim=1)))
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        lat = [conv(f) for conv, f in zip(self.lateral[:-1], feats[:-1])]
-        lat.append(self.lateral[-1](self.psp(feats[-1])))
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        # explicit loops over the ModuleLists (TorchScript cannot zip or index them by a variable)
+        last = len(self.lateral) - 1
+        lat: list[torch.Tensor] = []
+        for i, conv in enumerate(self.lateral):
+            lat.append(conv(self.psp(feats[i]) if i == last else feats[i]))
         for i in range(len(lat) - 1, 0, -1):  # top-down
             lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="bilinear",
                                                     align_corners=False)
-        outs = [self.smooth[i % len(self.smooth)](lat[i]) for i in range(len(lat) - 1)] + [lat[-1]]
+        outs: list[torch.Tensor] = []
+        if self.shared_smoothing:
+            for i in range(len(lat) - 1):
+                outs.append(self.smooth[0](lat[i]))
+        else:
+            for i, smooth in enumerate(self.smooth):
+                outs.append(smooth(lat[i]))
+        outs.append(lat[-1])
         size = outs[0].shape[-2:]
-        outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
-        return self.fuse(torch.cat(outs, dim=1))
+        fused = [outs[0]]
+        for o in outs[1:]:
+            fused.append(F.interpolate(o, size=size, mode="bilinear", align_corners=False))
+        return self.fuse(torch.cat(fused, dim=1))
 
 
 class SegmentationHead(nn.Module):
@@ -78,9 +93,9 @@ class SegmentationHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.conv = nn.Conv2d(in_channels, num_classes, 3, padding=1)
 
-    def forward(self, fused: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    def forward(self, fused: torch.Tensor, size: list[int]) -> torch.Tensor:
         logits = self.conv(self.dropout(fused))
-        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=[int(s) for s in size], mode="bilinear", align_corners=False)
 
 
 @register_head("upernet")
