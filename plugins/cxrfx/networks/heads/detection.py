@@ -8,8 +8,9 @@ level), ``RetinaNetClassificationHead`` / ``RetinaNetRegressionHead``, ``AnchorG
 :class:`RetinaNetHeads` is the ``"retinanet"`` entry of the head registry (``registry.py``): a head maps the neck's
 list of level maps to ``{"classification": [...], "box_regression": [...]}``, and ``build_detector`` turns the model
 + head into the loss (ATSS matching, focal + GIoU) and the box decoding (anchors, score threshold, NMS) that the
-type's ``criterion`` and ``decoder`` run on already-computed head maps (so one backbone pass serves every head). Boxes inside the detector follow MONAI: ``[r1, c1, r2, c2]`` on
-(C, H, W) images (convert datalist boxes with ``BoxesToArrayAxesd``).
+type's ``criterion`` and ``decoder`` run on already-computed head maps (so one backbone pass serves every head).
+Boxes inside the detector follow MONAI: ``[r1, c1, r2, c2]`` on (C, H, W) images (convert datalist boxes with
+``BoxesToArrayAxesd``).
 """
 
 from __future__ import annotations
