@@ -6,12 +6,18 @@ A datalist names the dataset, its tasks with their label / class names, and its 
 stored image) and ``mask`` (see the schema's ``mask_format``). An item without a task's key is
 "not annotated for that task" (e.g. NIH images outside the box subset); an empty ``boxes`` list is a
 negative. Paths are relative to the datalist's folder, or absolute.
+
+An *unlabelled* datalist (``"kind": "unlabelled"``, empty ``tasks``) lists images only, for self-supervised
+pretraining; :func:`folder_datalist` writes one for a folder of radiographs (``python -m cxrfx prepare
+image_folder``), decoding every file first so that a bad one is named before a run starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import reprlib
 from collections.abc import Mapping
 from functools import lru_cache
@@ -23,7 +29,8 @@ from cxrfx.errors import DatalistError
 
 __all__ = [
     "SPLITS", "SCHEMA_PATH", "load_schema", "check_datalist", "read_datalist", "resolve_items", "load_datalist",
-    "write_datalist", "item_name", "read_json",
+    "write_datalist", "item_name", "read_json", "is_unlabelled", "folder_datalist",
+    "image_folder_datalist",
 ]
 
 SPLITS = ("training", "validation", "test")
@@ -204,3 +211,71 @@ def write_datalist(data: Mapping[str, Any], path: str | os.PathLike) -> str:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def is_unlabelled(data: Mapping[str, Any]) -> bool:
+    """Whether a datalist lists images only (``"kind": "unlabelled"``)."""
+    return data.get("kind") == "unlabelled"
+
+
+def _split_of(key: str, seed: int, validation_fraction: float) -> str:
+    # a stable hash of the file's path: adding images to the folder never moves an old image to another split
+    rank = int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2**64
+    return "validation" if rank < validation_fraction else "training"
+
+
+def folder_datalist(folder: str | os.PathLike, out: str | os.PathLike, **kwargs) -> str:
+    """Write the unlabelled datalist of :func:`image_folder_datalist` to ``out``; returns ``out``."""
+    out = os.fspath(out)
+    return write_datalist(image_folder_datalist(folder, os.path.dirname(os.path.abspath(out)), **kwargs), out)
+
+
+def image_folder_datalist(folder: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None,
+                          validation_fraction: float = 0.0, seed: int = 0, skip_bad: bool = False,
+                          description: str = "") -> dict:
+    """An unlabelled datalist listing every radiograph under ``folder``, paths relative to ``out_dir``.
+
+    Files are found as ``cxrfx.io.list_images`` finds them (extension or first bytes) and each is decoded with
+    ``load_cxr``: an unreadable file is a :class:`DatalistError` naming it and the reason, or, with
+    ``skip_bad``, left out (and named in the datalist's description). ``validation_fraction`` of the images
+    (by a seeded hash of their path) go to ``validation``.
+    """
+    from cxrfx.data.validate import check_item_files
+    from cxrfx.errors import CXRReadError
+    from cxrfx.io.loader import list_images
+
+    folder, out_dir = os.path.abspath(os.fspath(folder)), os.path.abspath(os.fspath(out_dir))
+    if not os.path.isdir(folder):
+        raise DatalistError(folder, ["not a folder of images"])
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    try:
+        files = list_images(folder)
+    except CXRReadError as exc:
+        raise DatalistError(folder, [str(exc)]) from None
+    splits: dict[str, list] = {"training": [], "validation": []}
+    bad = []
+    for path in files:
+        problems = check_item_files({"image": path})
+        if problems:
+            bad += [f"{path}: {p}" for p in problems]
+            continue
+        key = os.path.relpath(path, folder)
+        splits[_split_of(key, seed, validation_fraction)].append(
+            {"image": os.path.relpath(path, out_dir), "id": key.replace(os.sep, "/")})
+    if bad and not skip_bad:
+        raise DatalistError(folder, bad + ["fix or remove these files, or pass skip_bad to leave them out"])
+    if not splits["training"]:
+        raise DatalistError(folder, ["no readable image found" + (f" ({len(bad)} unreadable)" if bad else "")])
+    name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(folder.rstrip(os.sep))) or "images"
+    data = {"name": name, "schema_version": 1,
+            "kind": "unlabelled", "description": description or f"unlabelled images under {folder}",
+            "tasks": {}, "training": splits["training"]}
+    if splits["validation"]:
+        data["validation"] = splits["validation"]
+    if bad:
+        data["description"] += f"; {len(bad)} unreadable file(s) left out: " + "; ".join(bad[:5])
+    problems = check_datalist(data)
+    if problems:
+        raise DatalistError(folder, problems)
+    return data
