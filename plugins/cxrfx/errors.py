@@ -21,7 +21,12 @@ class CXRReadError(CXRFXError, ValueError):
         # one line: problems often quote a library's message, and some span lines (nibabel's, pydicom's), which
         # would break ``validate``'s one-line-per-problem output
         self.problem = " ".join(line.strip() for line in str(problem).splitlines() if line.strip())
-        super().__init__(f"{self.path}: {self.problem}")
+        # ``args`` are the constructor's arguments, so pickling (DataLoader workers, multiprocessing) and
+        # ``copy.copy`` rebuild the error as ``cls(*args)``; the message is composed in ``__str__``
+        super().__init__(self.path, self.problem)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
 
 
 class DatalistError(CXRFXError, ValueError):
@@ -30,11 +35,13 @@ class DatalistError(CXRFXError, ValueError):
     def __init__(self, path: str | os.PathLike, problems: list[str]):
         self.path = os.fspath(path)
         self.problems = list(problems)
+        super().__init__(self.path, self.problems)  # the constructor's arguments: see CXRReadError
+
+    def __str__(self) -> str:
         if len(self.problems) == 1:
-            super().__init__(f"{self.path}: {self.problems[0]}")
-        else:
-            lines = "\n".join(f"  - {p}" for p in self.problems)
-            super().__init__(f"{self.path}: invalid datalist ({len(self.problems)} problems):\n{lines}")
+            return f"{self.path}: {self.problems[0]}"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"{self.path}: invalid datalist ({len(self.problems)} problems):\n{lines}"
 
 
 class PhantomSourceError(CXRFXError, RuntimeError):
@@ -60,7 +67,10 @@ class MissingWeightsError(SystemExit):
         self.problem = problem or ("no weights file there (train the bundle, fetch its weights with "
                                    "`python -m monai.bundle download_large_files --bundle_path <bundle>`, "
                                    "or point the config at a file)")
-        super().__init__(f"error: {self.path}: {self.problem}")
+        super().__init__(self.path, self.problem)  # the constructor's arguments: see CXRReadError
+        # what the interpreter prints when the exit ends the process: a SystemExit prints ``code`` (by default
+        # ``args``, here a tuple) to stderr; ``code`` is not pickled state, ``__init__`` sets it again on unpickling
+        self.code = f"error: {self.path}: {self.problem}"
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
