@@ -1,0 +1,230 @@
+"""Models Genesis image distortions in 2D (Zhou et al., MICCAI 2019 / MedIA 2021), as MONAI random transforms.
+
+A restorative self-supervised branch learns by undoing these: a non-linear intensity map (a cubic Bézier curve),
+local pixel shuffling, in-painting (boxes filled with noise) and out-painting (noise everywhere except a few
+boxes of the image). The originals are 3D; the 2D forms here follow the 2D code of the same lab (TransVW, DiRA):
+block sizes and counts are fractions of H, W as there. Input: a (C, H, W) image in [0, 1] (the project's
+normalised range; the intensity curve and the noise fill assume it). Output: the same type and shape.
+
+MONAI style: every transform is a :class:`~monai.transforms.RandomizableTransform` drawing only from its own
+``self.R``, so ``set_random_state(seed)`` (what ``SeededDataset`` calls per sample through the Compose) makes the
+distortion a pure function of the seed, independent of workers and global RNGs. No MONAI transform does any
+of the four (``RandHistogramShift`` is piecewise-linear and monotone; ``RandCoarseDropout`` fills holes with
+uniform noise, close to in-painting, but has no out-painting or Genesis' box-size rules), hence these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable, RandomizableTransform
+from monai.utils import convert_to_dst_type, convert_to_numpy
+
+__all__ = ["bezier_intensity_map", "RandBezierIntensity", "RandLocalPixelShuffle", "RandInpaint", "RandOutpaint",
+           "RandGenesisd"]
+
+
+def bezier_intensity_map(img: np.ndarray, p1: Sequence[float], p2: Sequence[float], flip: bool = False,
+                         samples: int = 1000) -> np.ndarray:
+    """Map intensities in [0, 1] through the cubic Bézier curve (0, 0), ``p1``, ``p2``, (1, 1).
+
+    The curve is sampled at ``samples`` points and both coordinates sorted, so the map is monotone (Genesis sorts
+    them too). ``flip`` pairs the sorted x samples with the y samples in reverse order, a decreasing map (Genesis'
+    "half chance to flip", which also teaches an inverted intensity scale). Control points on the diagonal give
+    the identity; (1/3, 1/3), (2/3, 2/3) flipped give 1 - x.
+    """
+    t = np.linspace(0.0, 1.0, samples)
+    basis = np.stack([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t ** 2 * (1 - t), t ** 3])  # Bernstein, degree 3
+    xs = np.sort(basis.T @ np.array([0.0, p1[0], p2[0], 1.0]))
+    ys = np.sort(basis.T @ np.array([0.0, p1[1], p2[1], 1.0]))
+    if flip:
+        ys = ys[::-1]
+    return np.interp(img, xs, ys).astype(img.dtype, copy=False)
+
+
+class _GenesisTransform(RandomizableTransform):
+    """Shared plumbing: numpy in the middle, the input's type out; ``randomize`` decides and draws parameters."""
+
+    def _draw(self, shape: Sequence[int]) -> None:
+        raise NotImplementedError
+
+    def _apply(self, img: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def randomize(self, shape: Sequence[int]) -> None:
+        super().randomize(None)
+        if self._do_transform:
+            self._draw(shape)
+
+    def __call__(self, img, randomize: bool = True):
+        array = convert_to_numpy(img, dtype=np.float32)
+        if randomize:
+            self.randomize(array.shape)
+        if not self._do_transform:
+            return img
+        return convert_to_dst_type(self._apply(array), img, dtype=np.float32)[0]
+
+
+class RandBezierIntensity(_GenesisTransform):
+    """Genesis' non-linear transformation: intensities through a random monotone Bézier curve
+    (:func:`bezier_intensity_map`), reversed with probability ``flip_prob``. Genesis: ``prob`` 0.9."""
+
+    def __init__(self, prob: float = 0.9, flip_prob: float = 0.5):
+        super().__init__(prob)
+        self.flip_prob = flip_prob
+        self.params: tuple = ((0.0, 0.0), (1.0, 1.0), False)
+
+    def _draw(self, shape):
+        p1, p2 = tuple(self.R.uniform(0, 1, 2)), tuple(self.R.uniform(0, 1, 2))
+        self.params = (p1, p2, bool(self.R.uniform() < self.flip_prob))
+
+    def _apply(self, img):
+        return bezier_intensity_map(img, *self.params)
+
+
+def _block(rng: np.random.RandomState, size: int, low: int, high: int, margin: int = 0) -> tuple[int, int]:
+    """(start, length) of a random block along one axis: length in [low, high], ``margin`` px from both edges
+    (Genesis keeps painted boxes 3 px inside), clamped for tiny images."""
+    length = int(rng.randint(max(1, low), max(1, low, high) + 1))
+    length = min(length, max(1, size - 2 * margin))
+    start = int(rng.randint(margin, max(margin, size - length - margin) + 1))
+    return min(start, size - length), length
+
+
+class RandLocalPixelShuffle(_GenesisTransform):
+    """Genesis' local pixel shuffling: ``num_blocks`` random boxes (sides 1 .. ``max_fraction`` of H, W) of the
+    *original* image each get their pixels permuted and pasted back, so texture is destroyed locally while the
+    global shape survives (the network must learn local appearance to restore it). Genesis: ``prob`` 0.5.
+
+    ``num_blocks``: the 2D code uses 10000; 1000 boxes of on average 1/20 x 1/20 of the image already cover it
+    about 2.5 times, and the per-box Python loop is the cost, so 1000 is the default here.
+    """
+
+    def __init__(self, prob: float = 0.5, num_blocks: int = 1000, max_fraction: float = 0.1):
+        super().__init__(prob)
+        self.num_blocks, self.max_fraction = int(num_blocks), float(max_fraction)
+        self.blocks: list[tuple[int, int, int, int]] = []
+
+    def _draw(self, shape):
+        height, width = shape[-2:]
+        hmax, wmax = max(1, int(height * self.max_fraction)), max(1, int(width * self.max_fraction))
+        self.blocks = []
+        for _ in range(self.num_blocks):
+            r, h = _block(self.R, height, 1, hmax)
+            c, w = _block(self.R, width, 1, wmax)
+            self.blocks.append((r, c, h, w))
+
+    def _apply(self, img):
+        out = img.copy()
+        for r, c, h, w in self.blocks:
+            window = img[..., r:r + h, c:c + w].reshape(*img.shape[:-2], h * w)
+            order = self.R.permutation(h * w)  # one permutation for all channels: a pixel moves as a whole
+            out[..., r:r + h, c:c + w] = window[..., order].reshape(*img.shape[:-2], h, w)
+        return out
+
+
+class RandInpaint(_GenesisTransform):
+    """Genesis' in-painting: up to ``max_holes`` boxes (sides 1/6 .. 1/3 of H, W; each further box with
+    probability ``continue_prob``) replaced by uniform noise in [0, 1); the network restores the inside from
+    the surroundings."""
+
+    def __init__(self, prob: float = 1.0, max_holes: int = 5, continue_prob: float = 0.95,
+                 size_range: tuple[float, float] = (1 / 6, 1 / 3)):
+        super().__init__(prob)
+        self.max_holes, self.continue_prob, self.size_range = int(max_holes), float(continue_prob), size_range
+        self.boxes: list[tuple[int, int, int, int]] = []
+
+    def _draw(self, shape):
+        height, width = shape[-2:]
+        self.boxes = []
+        while len(self.boxes) < self.max_holes and self.R.uniform() < self.continue_prob:
+            r, h = _block(self.R, height, int(height * self.size_range[0]), int(height * self.size_range[1]), 3)
+            c, w = _block(self.R, width, int(width * self.size_range[0]), int(width * self.size_range[1]), 3)
+            self.boxes.append((r, c, h, w))
+
+    def _apply(self, img):
+        out = img.copy()
+        for r, c, h, w in self.boxes:
+            out[..., r:r + h, c:c + w] = self.R.uniform(0, 1, (*img.shape[:-2], h, w))
+        return out
+
+
+class RandOutpaint(_GenesisTransform):
+    """Genesis' out-painting: uniform noise everywhere except a central-sized box (sides 3/7 .. 4/7 of H, W) and
+    up to ``max_more`` further boxes of the original (each with probability ``continue_prob``); the network
+    extrapolates the image outwards from what is kept."""
+
+    def __init__(self, prob: float = 1.0, max_more: int = 4, continue_prob: float = 0.95):
+        super().__init__(prob)
+        self.max_more, self.continue_prob = int(max_more), float(continue_prob)
+        self.boxes: list[tuple[int, int, int, int]] = []
+
+    def _keep_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        h = height - int(self.R.randint(3 * height // 7, 4 * height // 7 + 1))
+        w = width - int(self.R.randint(3 * width // 7, 4 * width // 7 + 1))
+        r, h = _block(self.R, height, h, h, 3)
+        c, w = _block(self.R, width, w, w, 3)
+        return r, c, h, w
+
+    def _draw(self, shape):
+        height, width = shape[-2:]
+        self.boxes = [self._keep_box(height, width)]
+        while len(self.boxes) <= self.max_more and self.R.uniform() < self.continue_prob:
+            self.boxes.append(self._keep_box(height, width))
+
+    def _apply(self, img):
+        out = self.R.uniform(0, 1, img.shape).astype(img.dtype)
+        for r, c, h, w in self.boxes:
+            out[..., r:r + h, c:c + w] = img[..., r:r + h, c:c + w]
+        return out
+
+
+class RandGenesisd(Randomizable, MapTransform):
+    """The Models Genesis composite on ``keys``, in Genesis' order: local shuffling (``local_prob``), then the
+    Bézier intensity map (``nonlinear_prob``), then with probability ``paint_prob`` in-painting (``inpaint_prob``
+    of those) or else out-painting. Defaults are Genesis' (0.5, 0.9, 0.9, 0.2). Several keys share the
+    curve and the boxes (drawn once per call); noise and permutations are drawn per key.
+
+    ``restore_key``: copy the undistorted image there first (the restoration target), if given.
+    """
+
+    def __init__(self, keys: KeysCollection, restore_key: str | None = None, local_prob: float = 0.5,
+                 nonlinear_prob: float = 0.9, paint_prob: float = 0.9, inpaint_prob: float = 0.2,
+                 num_blocks: int = 1000, allow_missing_keys: bool = False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.restore_key = restore_key
+        self.paint_prob, self.inpaint_prob = float(paint_prob), float(inpaint_prob)
+        self.shuffle = RandLocalPixelShuffle(local_prob, num_blocks=num_blocks)
+        self.nonlinear = RandBezierIntensity(nonlinear_prob)
+        self.inpaint, self.outpaint = RandInpaint(1.0), RandOutpaint(1.0)
+        self.paint: _GenesisTransform | None = None
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        super().set_random_state(seed, state)
+        for sub in (self.shuffle, self.nonlinear, self.inpaint, self.outpaint):  # as Compose seeds its members
+            sub.set_random_state(seed=int(self.R.randint(2**31 - 1)))
+        return self
+
+    def randomize(self, shape: Sequence[int]) -> None:
+        self.shuffle.randomize(shape)
+        self.nonlinear.randomize(shape)
+        self.paint = None
+        if self.R.uniform() < self.paint_prob:
+            self.paint = self.inpaint if self.R.uniform() < self.inpaint_prob else self.outpaint
+            self.paint.randomize(shape)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        first = True
+        for key in self.key_iterator(d):
+            if first:
+                self.randomize(convert_to_numpy(d[key]).shape)
+                if self.restore_key:
+                    d[self.restore_key] = d[key]
+                first = False
+            img = self.shuffle(d[key], randomize=False)
+            img = self.nonlinear(img, randomize=False)
+            d[key] = self.paint(img, randomize=False) if self.paint is not None else img
+        return d
