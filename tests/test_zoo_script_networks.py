@@ -19,12 +19,20 @@ def _as_list(out):
     return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
-@pytest.mark.parametrize("bundle", ["foundation_x", "finetune_seg", "finetune_det"])
-def test_every_bundle_network_def_scripts_and_equals_eager(bundle, tmp_path):
+@pytest.mark.parametrize("bundle, overrides", [
+    ("foundation_x", {}), ("finetune_seg", {}), ("finetune_det", {}),
+    # finetune_seg's other segmentation head types (``head_type``), so any of them can be submitted
+    ("finetune_seg", {"head_type": "unetpp"}), ("finetune_seg", {"head_type": "upernet_fx"}),
+    ("finetune_seg", {"head_type": "upernet_fx", "network_def#head_options": {"seg": {"shared_smoothing": False}}}),
+], ids=["foundation_x", "finetune_seg", "finetune_det", "finetune_seg-unetpp", "finetune_seg-upernet_fx",
+        "finetune_seg-upernet_fx-per_level_smoothing"])
+def test_every_bundle_network_def_scripts_and_equals_eager(bundle, overrides, tmp_path):
     parser = ConfigParser()
     parser.read_config([str(ROOT / "bundles" / bundle / "configs" / n) for n in ("inference.json", "demo.json")])
     parser["bundle_root"] = str(tmp_path)
     parser["backbone_kwargs"] = {**TINY, "drop_path_rate": 0.1}
+    for key, value in overrides.items():
+        parser[key] = value
     net = parser.get_parsed_content("network_def").eval()
     scripted = torch.jit.script(net)
     torch.jit.save(scripted, str(tmp_path / "model.ts"))

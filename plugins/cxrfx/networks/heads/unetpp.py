@@ -50,13 +50,17 @@ class UNetPlusPlusDecoder(nn.Module):
         )
         self.out_channels = channels
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        grid = [[proj(f)] for proj, f in zip(self.project, feats)]  # grid[i][j] = X[i][j]
-        for j, column in enumerate(self.nodes, start=1):
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        # explicit loops over the (nested) ModuleLists and list concatenation: what torch.jit.script compiles
+        grid: list[list[torch.Tensor]] = []  # grid[i][j] = X[i][j]
+        for i, proj in enumerate(self.project):
+            grid.append([proj(feats[i])])
+        for col, column in enumerate(self.nodes):
+            j = col + 1
             for i, node in enumerate(column):
                 below = F.interpolate(grid[i + 1][j - 1], size=grid[i][0].shape[-2:], mode="bilinear",
                                       align_corners=False)
-                grid[i].append(node(torch.cat([*grid[i][:j], below], dim=1)))
+                grid[i].append(node(torch.cat(grid[i][:j] + [below], dim=1)))
         return grid[0][1:]
 
 
@@ -69,9 +73,12 @@ class DeepSupervisionHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.convs = nn.ModuleList(nn.Conv2d(in_channels, num_classes, 3, padding=1) for _ in range(outputs))
 
-    def forward(self, row: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        logits = torch.stack([F.interpolate(conv(self.dropout(x)), size=tuple(size), mode="bilinear",
-                                            align_corners=False) for conv, x in zip(self.convs, row)], dim=1)
+    def forward(self, row: list[torch.Tensor], size: list[int]) -> torch.Tensor:
+        size = [int(s) for s in size]  # eager callers pass a torch.Size
+        outs: list[torch.Tensor] = []
+        for k, conv in enumerate(self.convs):  # not zip: TorchScript loops over a ModuleList only like this
+            outs.append(F.interpolate(conv(self.dropout(row[k])), size=size, mode="bilinear", align_corners=False))
+        logits = torch.stack(outs, dim=1)
         return logits if self.training else logits.mean(dim=1)
 
 

@@ -72,23 +72,42 @@ class FXUperNetDecoder(nn.Module):
                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         self.out_channels = width
 
-    def _up(self, x: torch.Tensor, size) -> torch.Tensor:
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
+    def _up(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
-    def _smooth(self, level: int, levels: int) -> nn.Module:
-        return self.smooth if isinstance(self.smooth, nn.Conv2d) else self.smooth[levels - 1 - level]
+    def _pair(self, lat: list[torch.Tensor], level: int) -> torch.Tensor:
+        """Pairwise top-down: the coarser *lateral* upsampled onto this level's lateral, before smoothing."""
+        return self._up(lat[level + 1], lat[level].shape[-2:]) + lat[level]
 
     def psp(self, top: torch.Tensor) -> torch.Tensor:
         size = top.shape[-2:]
-        return self.psp_bottleneck(torch.cat([top] + [self._up(b(top), size) for b in self.psp_branches], dim=1))
+        branches = [top]
+        for branch in self.psp_branches:
+            branches.append(self._up(branch(top), size))
+        return self.psp_bottleneck(torch.cat(branches, dim=1))
 
-    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        deeper = list(feats[1:-1]) + [self.psp(feats[-1])]
-        lat = [feats[0]] + [conv(f) for conv, f in zip(self.lateral, deeper)]
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        # explicit loops over the ModuleLists: what torch.jit.script compiles (it cannot zip them or index them by
+        # a variable). ``smooth`` is a conv or a list of convs (so for the checkpoints' keys); ``hasattr`` tells
+        # them apart statically when scripting, whereas ``isinstance(.., nn.Conv2d)`` compares against one
+        # compiled Conv2d type and is False for a conv of another configuration
+        last = len(feats) - 1
+        lat = [feats[0]]
+        for k, conv in enumerate(self.lateral):
+            lat.append(conv(self.psp(feats[last]) if k + 1 == last else feats[k + 1]))
         levels = len(lat) - 1
-        merged = [self._smooth(i, levels)(self._up(lat[i + 1], lat[i].shape[-2:]) + lat[i]) for i in range(levels)]
+        merged: list[torch.Tensor] = []
+        if hasattr(self.smooth, "weight"):
+            for i in range(levels):
+                merged.append(self.smooth(self._pair(lat, i)))
+        else:
+            for k, conv in enumerate(self.smooth):  # smooth[k] acts on level levels - 1 - k
+                merged.insert(0, conv(self._pair(lat, levels - 1 - k)))
         size = merged[0].shape[-2:]
-        outs = [merged[0]] + [self._up(m, size) for m in merged[1:]] + [self._up(lat[-1], size)]
+        outs = [merged[0]]
+        for m in merged[1:]:
+            outs.append(self._up(m, size))
+        outs.append(self._up(lat[-1], size))
         return self.fuse(torch.cat(outs, dim=1))
 
 
