@@ -48,7 +48,8 @@ def test_deformable_attention_equals_naive_loop():
                 for mi in range(m):
                     for pi in range(p):
                         x, y = loc[bi, qi, mi, li, pi].tolist()
-                        expected[bi, qi, mi * d:(mi + 1) * d] += weights[bi, qi, mi, li, pi] * _bilinear(level[mi], x, y)
+                        sample = _bilinear(level[mi], x, y)
+                        expected[bi, qi, mi * d:(mi + 1) * d] += weights[bi, qi, mi, li, pi] * sample
     assert out.shape == (b, q, m * d)
     assert torch.allclose(out, expected, atol=1e-12)
 

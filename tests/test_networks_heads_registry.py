@@ -46,10 +46,10 @@ class CenterConvHeads(SegmentationHeadType):
 
 def test_registry_lists_and_checks_types():
     assert {"linear", "upernet", "unetpp", "retinanet", "test_center_conv"} <= set(registered_heads())
-    assert registered_heads("det") == ["retinanet"]
+    assert registered_heads("det") == ["dino", "retinanet"]
     assert get_head_type("unetpp", "seg").task == "seg"
-    with pytest.raises(ValueError, match="unknown head type 'dino'; registered: .*retinanet"):
-        get_head_type("dino")
+    with pytest.raises(ValueError, match="unknown head type 'detr'; registered: .*retinanet"):
+        get_head_type("detr")
     with pytest.raises(ValueError, match="'unetpp' is a seg head, not a det head"):
         get_head_type("unetpp", "det")
     with pytest.raises(ValueError, match="already registered"):

@@ -15,7 +15,10 @@ Sources (REFERENCE §2.2-2.3):
   ``smooth_conv.1`` / ``.2`` are the same tensor as ``smooth_conv.0`` (one conv shared by three levels) and are
   checked and reported as aliases. ``Segnorm0..3`` (built, never used by the reference) and ``head`` (the
   unused single classifier) are reported as deliberately dropped. The localization branch (``Locnorm1..3``,
-  ``input_proj``, ``transformer.*``: DINO, not built in cxrfx yet) stays unexpected. Foundation X's per-task
+  ``input_proj``, ``label_enc``, ``transformer.*``, ``bbox_embed*``, ``class_embed*``: DINO) loads into a model whose
+  det head type is ``dino`` (``heads/dino/fx_keys.py``: the shared neck / encoder / query embeddings, and decoder
+  ``k`` into the det head named ``FX_LOCALIZATION_HEADS[k]``; the reference's duplicate names of one module are
+  checked and reported as aliases, its never-read ``class_embed`` as dropped). Foundation X's per-task
   input contract (``FX_INPUT_CONTRACT``: chest X-ray statistics for classification, ImageNet's for localization,
   ImageNet's std with the mean / 255 for segmentation) is applied per task (``input_contract.py``).
 - ``"cxrfx"``: our own state dict (plain, or under ``teacher`` / ``student`` / ``model`` / ``state_dict``).
@@ -40,9 +43,11 @@ import torch
 import torch.nn.functional as F
 
 from cxrfx.errors import CheckpointError
+from cxrfx.networks.heads.dino.fx_keys import FX_LOCALIZATION_HEADS, map_fx_localization
 from cxrfx.networks.input_contract import TaskInput, create_task_inputs_from_state_dict
 
 __all__ = ["load_checkpoint", "LoadReport", "FX_CLASSIFICATION_HEADS", "FX_SEGMENTATION_HEADS", "FX_HEAD_CLASSES",
+           "FX_LOCALIZATION_HEADS", "FX_LOCALIZATION_OPTIONS",
            "FX_INPUT_CONTRACT", "NORMALIZATIONS", "read_state_dict", "foundation_x_layout"]
 
 # Foundation X's classification_heads index -> dataset (REFERENCE §1.3, code order).
@@ -57,6 +62,8 @@ FX_HEAD_CLASSES = {
             "chexpert": 14, "nih14": 14, "vindr_cxr": 6, "shenzhen": 1, "mimic_cxr_jpg": 14},
     "seg": {"tbx11k": 1, "node21": 1, "candid_ptx": 1, "rsna_pneumonia": 1, "chestx_det": 13, "siim_acr": 1},
 }
+# the reference's DINO layout (REFERENCE §1.2): 14 logits in every decoder, 15 + 1 denoising label embeddings
+FX_LOCALIZATION_OPTIONS = {"num_logits": 14, "labelbook": 15}
 # Input normalisation the source was trained with, per RGB channel, on [0, 1] images.
 NORMALIZATIONS = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -175,16 +182,22 @@ def _detect(keys: set[str]) -> str:
     raise CheckpointError("cannot tell the checkpoint's layout (no Swin trunk keys found); pass source=")
 
 
-def foundation_x_layout(seg_heads: str = "trained") -> dict:
+def foundation_x_layout(seg_heads: str = "trained", localization: bool = False) -> dict:
     """``FoundationX`` keyword arguments for the published Foundation X heads: its 11 classification heads and its
     segmentation branch (``upernet_fx``) with the three trained heads (``seg_heads="trained"``) or all six
-    (``"all"``, the reference's layout, so that a whole checkpoint maps). Pass them on with a backbone size:
-    ``FoundationX("base", **foundation_x_layout())``."""
+    (``"all"``, the reference's layout, so that a whole checkpoint maps); with ``localization`` also its DINO branch
+    (``dino``, one decoder per localization dataset, the reference's 14 logits each: ``FX_LOCALIZATION_OPTIONS``).
+    Pass them on with a backbone size: ``FoundationX("base", **foundation_x_layout("all", localization=True))``."""
     names = FX_TRAINED_SEGMENTATION_HEADS if seg_heads == "trained" else FX_SEGMENTATION_HEADS
     if seg_heads not in ("trained", "all"):
         raise ValueError(f"seg_heads must be 'trained' or 'all', got {seg_heads!r}")
-    return {"cls_heads": dict(FX_HEAD_CLASSES["cls"]), "seg_heads": {n: FX_HEAD_CLASSES["seg"][n] for n in names},
-            "head_types": {"seg": "upernet_fx"}}
+    layout = {"cls_heads": dict(FX_HEAD_CLASSES["cls"]), "seg_heads": {n: FX_HEAD_CLASSES["seg"][n] for n in names},
+              "head_types": {"seg": "upernet_fx"}}
+    if localization:
+        layout["det_heads"] = {n: FX_LOCALIZATION_OPTIONS["num_logits"] for n in FX_LOCALIZATION_HEADS}
+        layout["head_types"]["det"] = "dino"
+        layout["head_options"] = {"det": dict(FX_LOCALIZATION_OPTIONS)}
+    return layout
 
 
 def _map_keys(sd: dict, source: str, model: torch.nn.Module, report: LoadReport) -> dict:
@@ -258,7 +271,6 @@ def _map_foundation_x(sd: dict, model: torch.nn.Module, report: LoadReport) -> d
                     break
             else:
                 report.unexpected.append(k)
-    report.unexpected += local
     report.mapping.append(f"trunk: {groups['trunk']} tensors backbone.0.{{patch_embed,layers,norm}}.* -> backbone.*")
     for task, placed in heads.items():
         if placed:
@@ -274,9 +286,30 @@ def _map_foundation_x(sd: dict, model: torch.nn.Module, report: LoadReport) -> d
                               f"type is {seg_type!r}; build it with head_types={{'seg': 'upernet_fx'}} "
                               "(foundation_x_layout())")
     if local:
-        report.mapping.append(f"localization: {len(local)} tensors (Locnorm*, input_proj, transformer.*) unexpected: "
-                              "the DINO head type is not built in cxrfx yet")
+        out.update(_map_fx_localization({k: sd[k] for k in local}, model, report))
     return out
+
+
+def _map_fx_localization(sd: dict, model: torch.nn.Module, report: LoadReport) -> dict:
+    """The DINO branch's tensors into a model whose det head type is ``dino`` (``heads/dino/fx_keys.py``)."""
+    heads = getattr(model, "det_heads", {})
+    if getattr(model, "head_types", {}).get("det") != "dino" or not len(heads):
+        report.unexpected += list(sd)
+        report.mapping.append(f"localization: {len(sd)} tensors of the DINO branch (Locnorm*, input_proj, "
+                              "transformer.*, ...) not loaded: the model has no dino det heads; build it with "
+                              "head_types={'det': 'dino'} (foundation_x_layout(localization=True))")
+        return {}
+    found = map_fx_localization(sd, heads)
+    report.aliases += found["aliases"]
+    report.dropped += found["dropped"]
+    report.unexpected += found["unexpected"]
+    report.mapping += found["notes"]
+    shared = sum(not k.startswith("det_heads.") for k in found["tensors"])
+    decoders = ", ".join(f"{i} -> det_heads.{n}" for i, n in sorted(found["decoders"].items()))
+    report.mapping.append(f"localization: {shared} shared tensors -> det_neck (Locnorm1..3, input_proj) / "
+                          f"det_encoder / det_queries; decoders {decoders} ({len(found['tensors']) - shared} "
+                          f"tensors); {len(found['aliases'])} aliases")
+    return found["tensors"]
 
 
 def _install_task_contracts(model, weight, bias, default: str, contracts: Mapping[str, str], report: LoadReport):
@@ -369,7 +402,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, source: str
     own = model.state_dict()
     folded = None
     ready = {}
-    for k, v in mapped.items():
+    for k, v in list(mapped.items()):  # a copy: the folded bias is written back into mapped
         if k not in own:
             report.unexpected.append(k)
             continue
