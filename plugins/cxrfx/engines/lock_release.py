@@ -10,6 +10,10 @@ The position in the cycle follows ``engine.state.iteration`` (restored on resume
 ``load_state_dict`` check the cycle and carry each data source's position inside its own pass. Events
 ``STEP_STARTED`` / ``STEP_COMPLETED`` are fired for other handlers (the teacher updates after each step, as the
 paper does after each pass).
+
+``ssl`` steps (``cxrfx.ssl``) have no head in the network: lock freezes the whole network, release frees it.
+``warmup`` / ``warmup_epochs``: one step (typically ``ssl``) filling the first epochs whole, before the cycle
+starts; epochs keep the cycle's length, so validation, LR schedule and checkpoints stay epoch-aligned.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING
 from monai.utils import optional_import
 from torch import nn
 
-from cxrfx.engines.schedule import Step, parse_schedule, resolve_lengths
+from cxrfx.engines.schedule import SSL_TASK, Step, parse_schedule, resolve_lengths
 from cxrfx.errors import ConfigError
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -118,11 +122,11 @@ def freeze_norm_statistics(network: nn.Module) -> None:
 
 def set_phase(network: nn.Module, step: Step) -> tuple[int, int]:
     """``requires_grad`` for a step: lock = only ``network.heads(step.task)[step.dataset]``; release = all.
+    An ``ssl`` step has no head in the network: lock freezes all of it (the SSL recipe's parts live outside).
 
     Returns (trainable, total) parameter counts.
     """
-    head = network.heads(step.task)[step.dataset]
-    head_ids = {id(p) for p in head.parameters()}
+    head_ids = set() if step.task == SSL_TASK else {id(p) for p in network.heads(step.task)[step.dataset].parameters()}
     total = trainable = 0
     for p in network.parameters():
         train = step.phase == "release" or id(p) in head_ids
@@ -139,19 +143,31 @@ class LockReleaseHandler:
         schedule: steps (dicts or :class:`Step`), see ``cxrfx.engines.schedule``.
         loaders: ``{"<task>/<dataset>": data loader}``, one per data source the steps name.
         network: the :class:`FoundationX` being trained (DDP-wrapped is fine).
+        warmup: a step without a length (``{"dataset", "task", "phase"}``, e.g. an ``ssl`` step) that fills each
+            of the first ``warmup_epochs`` epochs before the cycle begins.
     """
 
-    def __init__(self, schedule: Sequence[Mapping | Step], loaders: Mapping[str, Iterable], network: nn.Module):
+    def __init__(self, schedule: Sequence[Mapping | Step], loaders: Mapping[str, Iterable], network: nn.Module,
+                 warmup: Mapping | None = None, warmup_epochs: int = 0):
         self.steps = parse_schedule(schedule)
-        missing = sorted({s.key for s in self.steps} - set(loaders))
+        if warmup_epochs and not warmup or warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs={warmup_epochs} needs a warmup step (and must not be negative)")
+        if warmup and any(k in warmup for k in ("iterations", "epoch_fraction")):
+            raise ConfigError("the warm-up step fills whole epochs: give it no iterations / epoch_fraction")
+        warm = [Step(**{**dict(warmup), "iterations": 1})] if warmup and warmup_epochs else []
+        missing = sorted({s.key for s in self.steps + warm} - set(loaders))
         if missing:
             raise ConfigError(f"schedule names data sources without a loader: {missing}; have {sorted(loaders)}")
         self.loaders = {k: v if isinstance(v, InfiniteLoader) else InfiniteLoader(v) for k, v in loaders.items()}
         self.network = network.module if hasattr(network, "module") else network
-        for step in self.steps:
-            self.network.heads(step.task)[step.dataset]  # fail now if a step has no head
+        for step in self.steps + warm:
+            if step.task != SSL_TASK:
+                self.network.heads(step.task)[step.dataset]  # fail now if a step has no head
         self.lengths = resolve_lengths(self.steps, {k: len(v) for k, v in self.loaders.items()})
         self.bounds = list(itertools.accumulate(self.lengths))
+        self.warmup_epochs = int(warmup_epochs) if warm else 0
+        # the warm-up step as index len(steps): it lasts one cycle length per warm-up epoch
+        self.warmup = Step(**{**warm[0].as_dict(), "iterations": self.bounds[-1]}) if warm else None
         self.step_index = -1
         self.logger = logging.getLogger("cxrfx.lock_release")
 
@@ -161,12 +177,19 @@ class LockReleaseHandler:
         return self.bounds[-1]
 
     @property
+    def all_steps(self) -> list[Step]:
+        """The cycle's steps, then the warm-up step if any (its index is ``len(steps)``)."""
+        return self.steps + ([self.warmup] if self.warmup else [])
+
+    @property
     def data(self) -> InfiniteLoader:
         """The first step's data: the trainer's initial ``train_data_loader``."""
-        return self.loaders[self.steps[0].key]
+        return self.loaders[(self.warmup or self.steps[0]).key]
 
     def position(self, iteration: int) -> tuple[int, int]:
         """(step index, iterations already done in that step) after ``iteration`` iterations."""
+        if iteration < self.warmup_epochs * self.cycle_length:
+            return len(self.steps), iteration % self.cycle_length
         within = iteration % self.cycle_length
         index = bisect.bisect_right(self.bounds, within)
         return index, within - (self.bounds[index - 1] if index else 0)
@@ -178,15 +201,17 @@ class LockReleaseHandler:
 
     def _enter(self, engine: Engine, index: int, done: int = 0, starting: bool = False) -> None:
         self.step_index = index
-        step = self.steps[index]
+        step = self.all_steps[index]
         trainable, total = set_phase(self.network, step)
         engine.state.cxrfx_step = step
         if starting:  # before ignite builds its iterator: it then also honours a resumed mid-epoch iteration
             engine.state.dataloader = self.loaders[step.key]
         else:
             engine.set_data(self.loaders[step.key])
+        where = "warm-up" if index == len(self.steps) else f"step {index + 1}/{len(self.steps)}"
+        length = self.cycle_length if index == len(self.steps) else self.lengths[index]
         self.logger.info(
-            f"step {index + 1}/{len(self.steps)} {step.phase} {step.key}: {self.lengths[index] - done} iterations, "
+            f"{where} {step.phase} {step.key}: {length - done} iterations, "
             f"{trainable / 1e6:.2f} M of {total / 1e6:.2f} M parameters trainable"
         )
         engine.fire_event(LockReleaseEvents.STEP_STARTED)
@@ -205,13 +230,20 @@ class LockReleaseHandler:
             if engine.state.iteration < engine.state.epoch_length * engine.state.max_epochs:
                 self._enter(engine, index)
 
+    def _warmup_state(self) -> dict | None:
+        return {"step": self.warmup.as_dict(), "epochs": self.warmup_epochs} if self.warmup else None
+
     def state_dict(self) -> dict:
-        return {"step_index": self.step_index, "schedule": [s.as_dict() for s in self.steps],
-                "lengths": list(self.lengths), "loaders": {k: v.state_dict() for k, v in self.loaders.items()}}
+        state = {"step_index": self.step_index, "schedule": [s.as_dict() for s in self.steps],
+                 "lengths": list(self.lengths), "loaders": {k: v.state_dict() for k, v in self.loaders.items()}}
+        if self.warmup:  # only then: checkpoints of runs without one keep their old form
+            state["warmup"] = self._warmup_state()
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         """Check the checkpoint was made with the same cycle (the position itself follows the iteration)."""
-        if list(state.get("schedule", [])) != [s.as_dict() for s in self.steps] or list(state.get("lengths", [])) != self.lengths:
+        if (list(state.get("schedule", [])) != [s.as_dict() for s in self.steps]
+                or list(state.get("lengths", [])) != self.lengths or state.get("warmup") != self._warmup_state()):
             raise ConfigError("the checkpoint was written with a different Lock-Release schedule or data sizes; "
                               "resuming would put the run at the wrong step")
         self.step_index = int(state.get("step_index", -1))

@@ -4,6 +4,11 @@ A step trains one task of one dataset. ``lock``: only that task's head for that 
 catches up while shared parts stay fixed); ``release``: everything learns. A length is a number of
 iterations or a fraction of that dataset's epoch (its loader's length), resolved when the loaders exist.
 One pass over the list is one cycle (one trainer epoch).
+
+Task ``ssl`` is a self-supervised step on a source of unlabelled images (``cxrfx.ssl``): it has no head in the
+network, so ``lock`` there freezes the whole network (only the SSL recipe's own parts learn) and ``release``
+trains the network with them. :func:`with_ssl` adds such steps to a cycle; a one-off warm-up before the cycle
+is the Lock-Release handler's ``warmup`` (whole epochs of one step).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from dataclasses import asdict, dataclass
 from cxrfx.errors import ConfigError
 
 __all__ = ["Step", "parse_schedule", "resolve_lengths", "paper_cycle", "phantom_cycle", "PAPER_TASK_ORDER",
-           "expand_tasks", "finetune_schedule", "FINETUNE_MODES"]
+           "expand_tasks", "finetune_schedule", "FINETUNE_MODES", "with_ssl", "SSL_TASK"]
 
-_TASKS = ("cls", "seg", "det")
+SSL_TASK = "ssl"
+_TASKS = ("cls", "seg", "det", SSL_TASK)
 _PHASES = ("lock", "release")
 
 
@@ -151,3 +157,24 @@ def finetune_schedule(dataset: str, task: str, mode: str = "warmup", iterations:
                else length(1.0 - lock_fraction))
     return [{"dataset": dataset, "task": task, "phase": "lock", **lock},
             {"dataset": dataset, "task": task, "phase": "release", **release}]
+
+
+def with_ssl(schedule: Sequence[Mapping | Step], dataset: str, every: int | None = None, phase: str = "release",
+             iterations: int | None = None, epoch_fraction: float | None = None) -> list[dict]:
+    """``schedule`` with ``ssl`` steps on the unlabelled source ``dataset``: one at the start of the cycle
+    (``every`` None), or one before every ``every`` supervised steps (interleaved). Length: ``iterations`` or
+    ``epoch_fraction`` of the SSL source's epoch (default a whole epoch)."""
+    if iterations is None and epoch_fraction is None:
+        epoch_fraction = 1.0
+    ssl = Step(dataset, SSL_TASK, phase, iterations=iterations, epoch_fraction=epoch_fraction).as_dict()
+    steps = [s.as_dict() for s in parse_schedule(schedule)]
+    if every is None:
+        return [ssl] + steps
+    if every < 1:
+        raise ConfigError(f"with_ssl: every must be at least 1, got {every}")
+    out: list[dict] = []
+    for i, step in enumerate(steps):
+        if i % every == 0:
+            out.append(dict(ssl))
+        out.append(step)
+    return out
