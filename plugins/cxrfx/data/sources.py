@@ -60,10 +60,16 @@ def prepare_phantom(data, root: str | os.PathLike, count: int = 64, size: int = 
     own = {os.path.join(root, name, "datalist.json") for name in PHANTOM_TASKS}
     if not any(os.path.abspath(p) in own for p in _datalists(data)):
         return False
+    from filelock import FileLock  # a dependency of torch
+
     from cxrfx.data.phantom.writer import generate_phantom
 
     logging.getLogger("cxrfx.data").info(f"phantom under {root} ({count} images per dataset, {size} px, seed {seed})")
-    generate_phantom(root, count=count, size=size, seed=seed, verbose=False)
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    # every process of a torchrun job (every node, on a shared folder) gets here before the process group exists:
+    # one builds, the others wait and then find the build up to date
+    with FileLock(root + ".lock"):
+        generate_phantom(root, count=count, size=size, seed=seed, verbose=False)
     return True
 
 
