@@ -7,8 +7,10 @@ training child they started.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,14 +92,16 @@ class Server:
         self._log.close()
 
 
-def start_label_server(tmp, label_python, label_env, studies: str, bundles: str, extra=()) -> tuple[Server, str]:
+def start_label_server(tmp, label_python, label_env, studies: str, bundles: str, extra=(),
+                       ready: str = "/info/") -> tuple[Server, str]:
+    """Serve on a free port; up when ``ready`` answers (``/auth/`` with auth on: ``/info/`` then needs a token)."""
     port = free_port()
     cmd = [label_python, "-m", "cxrfx.label", "serve", "--studies", studies, "--app-dir", str(tmp / "app"),
            "--bundles", bundles, "--port", str(port), "--configs", "demo.json", *extra]
     server = Server(cmd, str(tmp / "server.log"), env=label_env)
     url = f"http://127.0.0.1:{port}"
     try:
-        server.wait_http(url + "/info/", 240)
+        server.wait_http(url + ready, 240)
     except Exception:
         server.stop()
         raise
@@ -106,3 +110,33 @@ def start_label_server(tmp, label_python, label_env, studies: str, bundles: str,
 
 def read_json(body: bytes):
     return json.loads(body.decode())
+
+
+def copy_images(studies: str, dest) -> str:
+    """A module's own studies folder: the images only, so labels other modules saved stay out."""
+    os.makedirs(dest)
+    for f in sorted(os.listdir(studies)):
+        if os.path.isfile(os.path.join(studies, f)) and f.endswith((".png", ".dcm")):
+            shutil.copy2(os.path.join(studies, f), os.path.join(dest, f))
+    return str(dest)
+
+
+def file_hashes(top: str, relative_to: str) -> dict[str, str]:
+    """sha256 of every file below ``top`` (lock files and MONAI Label's per-file metadata left out)."""
+    out = {}
+    for root, _, files in os.walk(top):
+        for f in files:
+            if f.endswith((".lock", ".datastore.json")):
+                continue
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, relative_to)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def print_table(title: str, rows: list[tuple[str, int, str]], width: int = 110) -> None:
+    """The case -> status table a module collected (shown with ``pytest -s``)."""
+    if rows:
+        print(f"\n{title} (case -> status):")
+        for case, status, detail in rows:
+            print(f"  {status}  {case}: {detail[:width]}")

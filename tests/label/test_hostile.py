@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import struct
 import time
 import zlib
@@ -21,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from label_server import http, multipart, read_json, start_label_server
+from label_server import (copy_images, file_hashes, http, multipart, print_table, read_json,
+                          start_label_server)
 
 SEG = "cxr_segmentation"
 DET = "cxr_detection"
@@ -35,10 +35,7 @@ TABLE: list[tuple[str, int, str]] = []
 def server(tmp_path_factory, label_python, label_env, studies, bundles):
     tmp = tmp_path_factory.mktemp("hostile")
     own = tmp / "studies"
-    os.makedirs(own)
-    for f in sorted(os.listdir(studies)):  # images only: labels other modules saved stay out
-        if os.path.isfile(os.path.join(studies, f)) and f.endswith((".png", ".dcm")):
-            shutil.copy2(os.path.join(studies, f), own / f)
+    copy_images(studies, own)
     with open(own / "broken_0000.png", "wb") as f:  # put into the folder by hand, not through the API
         f.write(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     os.makedirs(tmp / "tmp")
@@ -47,22 +44,12 @@ def server(tmp_path_factory, label_python, label_env, studies, bundles):
     srv.url, srv.studies, srv.phantom, srv.tmp = url, str(own), studies.rstrip("/") + "_phantom", str(tmp / "tmp")
     yield srv
     srv.stop()
-    if TABLE:
-        print("\nhostile-request corpus (case -> status):")
-        for case, status, detail in TABLE:
-            print(f"  {status}  {case}: {detail[:110]}")
+    print_table("hostile-request corpus", TABLE)
 
 
 def snapshot(server) -> dict:
     """Every file of the datastore (images, labels) with its content hash, and the datastore's own listing."""
-    out = {}
-    for root, _, files in os.walk(server.studies):
-        for f in files:
-            if f.endswith((".lock", ".datastore.json")):
-                continue
-            p = os.path.join(root, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, server.studies)] = hashlib.sha256(fh.read()).hexdigest()
+    out = file_hashes(server.studies, server.studies)
     for model in (SEG, DET, CLS):  # the served weights
         out[f"<weights {model}>"] = hashlib.sha256(http("GET", f"{server.url}/model/{model}")[1]).hexdigest()
     listing = read_json(http("GET", f"{server.url}/datastore/?output=all")[1])

@@ -60,6 +60,16 @@ def test_info_lists_models_and_strategies(server):
     assert info["datastore"]["total"] == 8  # 4 PNG + 4 DICOM phantom studies
 
 
+def test_auth_off_by_default_and_tokens_ignored(server):
+    """Without --auth-realm every role is granted (MONAI Label's default user) and the login endpoints are not
+    served; a token, even garbage, changes nothing. Auth on: test_auth.py."""
+    assert http("GET", server.url + "/auth/")[0] == 404
+    for headers in ({}, {"Authorization": "Bearer not.a.jwt"}, {"Authorization": "Basic YW5uYTpzM2NyZXQ="}):
+        assert http("GET", server.url + "/info/", headers=headers)[0] == 200
+        status, body = http("POST", server.url + "/train/nope", b"{}", {"Content-Type": "application/json", **headers})
+        assert status == 404 and "nope" in read_json(body)["detail"]  # validation, not auth, answers
+
+
 @pytest.mark.parametrize("image", ["phantom_seg_0002", "phantom_det_0001"])
 def test_infer_segmentation_mask_of_image_size(server, image):
     start = time.perf_counter()

@@ -5,6 +5,7 @@ Runs inside the separate label environment (``make label-env``; see :mod:`cxrfx.
 bundle's network and weights, reloaded when training rewrites them), ``infer`` (segmentation, detection,
 classification tasks), ``train`` (fine-tuning from datastore labels), ``strategies`` (random, epistemic,
 teacher-student disagreement, ACFT; scoring in ``acft``), ``validation`` (every request checked, 4xx with a
-reason; installed by ``server``), ``dicomweb`` (Orthanc / DICOMweb datastore), ``app`` (the MONAILabelApp),
-``studies`` (phantom studies), ``__main__`` (``python -m cxrfx.label serve``).
+reason; installed by ``server``), ``auth`` (optional Keycloak token auth, checked before validation),
+``dicomweb`` (Orthanc / DICOMweb datastore), ``app`` (the MONAILabelApp), ``studies`` (phantom studies),
+``__main__`` (``python -m cxrfx.label serve``).
 """

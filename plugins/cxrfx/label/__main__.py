@@ -2,13 +2,17 @@
 
     python -m cxrfx.label serve [--studies DIR|DICOMWEB_URL] [--app-dir runs/label/app] [--port 8000]
                                 [--configs demo.json] [--conf KEY VALUE ...] [--limit-concurrency N]
+                                [--auth-realm URI [--auth-client-id ID] [--auth-role ROLE NAME ...]]
     python -m cxrfx.label studies --out DIR [--count 16] [--size 256]
 
 ``serve`` copies each served bundle's configs (and weights, when the bundle has some and the app folder has
 none) into ``<app-dir>/model/<name>/``, writes the app's ``main.py``, builds the phantom studies when
 ``--studies`` is a missing folder, then runs MONAI Label's own ``start_server`` in this process (uvicorn,
 127.0.0.1 by default) with cxrfx's request validation in front of MONAI Label's endpoints
-(:mod:`cxrfx.label.validation`: bad requests are answered 4xx with a reason). Nothing is downloaded: no zoo, no SAM, no dcmqi.
+(:mod:`cxrfx.label.validation`: bad requests are answered 4xx with a reason). Nothing is downloaded: no zoo, no
+SAM, no dcmqi.
+``--auth-realm`` (or ``MONAI_LABEL_AUTH_*`` in the environment) turns on MONAI Label's token auth
+(:mod:`cxrfx.label.auth`); the realm is checked first, and a bad one ends the start with one line.
 """
 
 from __future__ import annotations
@@ -47,9 +51,16 @@ def prepare_app(app_dir: str, bundles: str) -> str:
 
 
 def serve(args: argparse.Namespace) -> None:
+    from cxrfx.label.auth import AuthSetupError, apply_options, check_realm
+
     # MONAI Label reads its settings from the environment when first imported
     os.environ.setdefault("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
     os.environ.setdefault("MONAI_LABEL_DATASTORE_AUTO_RELOAD", "true")
+    try:  # before anything is built: a server that cannot check tokens must not start
+        apply_options(os.environ, args.auth_realm, args.auth_client_id, args.auth_role)
+        check_realm()
+    except AuthSetupError as e:
+        raise SystemExit(f"error: {e}") from None
     studies = args.studies
     if not studies.startswith(("http://", "https://")) and not os.path.isdir(studies):
         print(f"building phantom studies in {studies} ...", file=sys.stderr, flush=True)
@@ -89,6 +100,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--log-level", default="info")
     s.add_argument("--limit-concurrency", type=int, default=None,
                    help="answer 503 beyond this many open connections (a bound for a server left running)")
+    a = s.add_argument_group("authentication (MONAI Label's own, off by default; docs/monailabel.md)")
+    a.add_argument("--auth-realm", metavar="URI", help="turn auth on with this Keycloak realm "
+                   "(MONAI_LABEL_AUTH_REALM_URI, e.g. https://keycloak.example.org/realms/monailabel)")
+    a.add_argument("--auth-client-id", metavar="ID", help="the realm's client for logins through /auth/token "
+                   "(MONAI_LABEL_AUTH_CLIENT_ID; default monailabel-app)")
+    a.add_argument("--auth-role", nargs=2, action="append", metavar=("ROLE", "NAME"),
+                   help="realm role name of admin / reviewer / annotator / user (default monailabel-<ROLE>)")
     t = sub.add_parser("studies", help="write phantom studies (PNG + DICOM) into a folder")
     t.add_argument("--out", required=True)
     t.add_argument("--count", type=int, default=16)

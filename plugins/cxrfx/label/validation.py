@@ -17,7 +17,8 @@ label of the wrong size, unknown class, inverted box, unreadable image).
 
 :func:`install` adds the middleware and the exception handlers (a ``MONAILabelException`` is a 400 with its
 message; any other exception a one-line 500, never a traceback) to MONAI Label's FastAPI app; ``python -m
-cxrfx.label serve`` calls it before the server starts.
+cxrfx.label serve`` calls it before the server starts. With MONAI Label's auth on, the middleware first checks
+the request's token and role (:mod:`cxrfx.label.auth`): 401 / 403 before any check reads the body.
 """
 from __future__ import annotations
 
@@ -119,8 +120,9 @@ class ValidationMiddleware:
     ``app_instance``: returns the MONAI Label app (MONAI Label's ``app_instance`` by default)."""
 
     def __init__(self, app, app_instance: Callable | None = None, max_upload_bytes: int | None = None,
-                 api_prefix: str = ""):
+                 api_prefix: str = "", auth=None):
         self.app = app
+        self.auth = auth  # a cxrfx.label.auth.Authorizer when MONAI Label's auth is on
         self.max_upload_bytes = MAX_UPLOAD_BYTES if max_upload_bytes is None else max_upload_bytes
         self.api_prefix = api_prefix
         if app_instance is None:
@@ -130,12 +132,19 @@ class ValidationMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route = _route(scope["method"], scope["path"], self.api_prefix)
-        if route is None:
-            return await self.app(scope, receive, send)
         from starlette.responses import JSONResponse
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        route = _route(scope["method"], scope["path"], self.api_prefix)
+        if self.auth is not None:  # who asks comes first: a refused client's body is neither checked nor stored
+            try:
+                await self.auth.authorize(scope, headers, validated=route is not None)
+            except HTTPException as e:
+                logger.info(f"refused {scope['method']} {scope['path']}: {e.status_code} {e.detail}")
+                await _drain(receive)  # as for a 413: a client still sending would see a reset connection
+                return await JSONResponse({"detail": e.detail}, e.status_code, e.headers)(scope, receive, send)
+        if route is None:
+            return await self.app(scope, receive, send)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_upload_bytes:
             await _drain(receive)  # a client still sending would see a reset connection instead of the 413
@@ -268,9 +277,16 @@ def install(fastapi_app, app_instance: Callable | None = None) -> None:
 
     from starlette.middleware import Middleware
 
+    api_prefix = getattr(settings, "MONAI_LABEL_API_STR", "") or ""
+    auth = None
+    if settings.MONAI_LABEL_AUTH_ENABLE:
+        from cxrfx.label.auth import Authorizer, install_token_check
+
+        install_token_check()
+        auth = Authorizer(fastapi_app, api_prefix)
     # innermost of the app's middleware (after CORS), so a browser client (OHIF on another origin) reads the reason
-    fastapi_app.user_middleware.append(Middleware(ValidationMiddleware, app_instance=app_instance,
-                                                  api_prefix=getattr(settings, "MONAI_LABEL_API_STR", "") or ""))
+    fastapi_app.user_middleware.append(Middleware(ValidationMiddleware, app_instance=app_instance, auth=auth,
+                                                  api_prefix=api_prefix))
 
     async def monailabel_error(request, exc: MONAILabelException):
         status = 400 if exc.error == MONAILabelError.INVALID_INPUT else 500
