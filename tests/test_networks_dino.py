@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
+from monai.data.box_utils import box_iou
 
+from cxrfx.data.multitask import build_sources
+from cxrfx.data.phantom import generate_phantom
+from cxrfx.engines import (
+    LockReleaseHandler, MultiTaskEvaluator, MultiTaskScore, MultiTaskTrainer, TeacherHandler, build_optimizer,
+)
 from cxrfx.networks import FoundationX
 from cxrfx.networks.foundation_x import HeadPredictor, parameter_counts
 from cxrfx.networks.heads import get_head_type, registered_heads
@@ -103,3 +113,101 @@ def test_dino_head_type_in_foundation_x():
     assert (first["boxes"][:, 2:] >= first["boxes"][:, :2]).all()
     counts = parameter_counts(model)
     assert counts["det_neck"] > 0 and counts["det_encoder"] > 0 and counts["det_queries"] == 20 * 32 + 101 * 32
+
+
+def test_tiny_dino_head_overfits_two_images():
+    """Trained on two images with three boxes, the head finds each box (IoU > 0.8) with its label on top."""
+    torch.manual_seed(0)
+    model = _tiny(a=2)
+    x = torch.zeros(2, 1, 128, 128)
+    boxes = [torch.tensor([[20.0, 30, 60, 70]]), torch.tensor([[70.0, 10, 110, 50], [16, 80, 48, 112]])]
+    labels = [torch.tensor([1]), torch.tensor([0, 1])]
+    for img, bb in zip(x, boxes):
+        for r1, c1, r2, c2 in bb.long().tolist():
+            img[0, r1:r2, c1:c2] = 1.0
+    batch = {"boxes": boxes, "box_labels": labels}
+    criterion = model.head_type("det").criterion(model, "a")
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(120):
+        model.train()
+        loss = criterion(model(x, task="det", head="a"), x, batch)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.4 * losses[0]
+    found = HeadPredictor(model, {"det": {"num_select": 3}})(x, "det", "a")
+    for pred, bb, lab in zip(found, boxes, labels):
+        iou = box_iou(pred["boxes"], bb)
+        assert (iou.max(0).values > 0.8).all()
+        assert torch.equal(pred["labels"][iou.argmax(0)], lab)
+        assert (pred["scores"][iou.argmax(0)] > 0.5).all()
+
+
+def test_state_dict_round_trip_and_teacher_copy():
+    torch.manual_seed(1)
+    model = _tiny().eval()
+    x = torch.rand(1, 1, 96, 96)
+    sd = model.state_dict()
+    assert {k.split(".")[0] for k in sd if k.startswith("det")} == {"det_neck", "det_encoder", "det_queries",
+                                                                  "det_heads"}
+    torch.manual_seed(2)
+    fresh = _tiny().eval()
+    fresh.load_state_dict(sd, strict=True)
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        ours = model(x, task="det", head="b")
+        for other in (fresh, teacher):
+            theirs = other(x, task="det", head="b")
+            assert torch.equal(ours["pred_logits"], theirs["pred_logits"])
+            assert torch.equal(ours["pred_boxes"], theirs["pred_boxes"])
+        # the shared feature (the teacher's consistency target) is the encoder's four levels
+        shared = model.shared_features(x, "det")
+        assert [tuple(s.shape[-2:]) for s in shared] == [(12, 12), (6, 6), (3, 3), (2, 2)]
+
+
+@pytest.fixture(scope="module")
+def det_loaders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phdet")
+    generate_phantom(str(root), count=8, size=64, seed=0, verbose=False)
+    sources = {"phantom_det": {"datalist": str(root / "phantom_det" / "datalist.json"), "tasks": ["det"]}}
+    # 128 px: the stride-64 level is 2 x 2 (GroupNorm over a single cell and channel cannot train)
+    return (build_sources(sources, size=128, batch_size=2),
+            build_sources(sources, size=128, batch_size=2, split="validation", train=False))
+
+
+def test_dino_trains_in_the_lock_release_cycle_and_is_scored(det_loaders):
+    """MultiTaskTrainer (lock then release, with the EMA teacher), MultiTaskEvaluator (AP50) and HeadPredictor take
+    the dino head with no special case; in Lock only the dataset's decoder and two-stage layers train."""
+    train, val = det_loaders
+    torch.manual_seed(0)
+    model = FoundationX("tiny", det_heads={"phantom_det": 2}, head_types={"det": "dino"},
+                        head_options={"det": {**TINY_DINO, "num_queries": 10}}, backbone_kwargs=TINY_SWIN,
+                        default_task="det")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    schedule = [{"dataset": "phantom_det", "task": "det", "phase": "lock", "iterations": 2},
+                {"dataset": "phantom_det", "task": "det", "phase": "release", "iterations": 2}]
+    lock_changed = {}
+
+    def after_lock(engine):
+        if engine.state.iteration == 2:
+            lock_changed.update({k: not torch.equal(v, before[k]) for k, v in model.state_dict().items()})
+
+    teacher = TeacherHandler(model, momentum=0.5)
+    trainer = MultiTaskTrainer("cpu", 1, model, build_optimizer(model, backbone_lr=1e-4, head_lr=1e-3),
+                               LockReleaseHandler(schedule, train, model), teacher=teacher)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, after_lock)
+    trainer.run()
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert lock_changed["det_heads.phantom_det.decoder.layers.0.cross_attn.value_proj.weight"]
+    assert lock_changed["det_heads.phantom_det.enc_output.weight"]
+    assert not lock_changed["det_encoder.layers.0.self_attn.value_proj.weight"]
+    assert not lock_changed["det_neck.input_proj.0.0.weight"] and not lock_changed["backbone.patch_embed.proj.weight"]
+    evaluator = MultiTaskEvaluator("cpu", {"det/phantom_det": val["det/phantom_det"]}, model,
+                                   key_val_metric={"ap50": MultiTaskScore()})
+    evaluator.run()
+    assert 0.0 <= evaluator.state.metrics["ap50"] <= 1.0
