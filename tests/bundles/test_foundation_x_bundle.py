@@ -124,6 +124,7 @@ def test_multi_gpu_config_with_two_gloo_processes(tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=str(BUNDLE), env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert log.count("MultiTaskTrainer - INFO - Epoch[1] Complete") == 2  # both ranks trained the cycle
+    # both ranks trained the cycle; rank 1 logs warnings only (tests/test_engines_distributed.py checks the rest)
+    assert log.count("MultiTaskTrainer - INFO - Epoch[1] Complete") == 1
     state = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
     assert "student" in state and not any(k.startswith("module.") for k in state["student"])

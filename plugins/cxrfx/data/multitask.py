@@ -100,8 +100,10 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
     Each data source gets the task's standard transforms (``cxrfx.data.pipelines``) and shuffles when
     ``train``. A dataset listed with several tasks gives one source per task. Order and augmentation follow
     ``(seed, epoch)`` only (:class:`~cxrfx.data.sampling.ResumableSampler`), so a resumed run reads what the
-    uninterrupted run would have read. ``distributed``: each process reads its shard (all shards have the
-    same length, so every rank walks the same cycle).
+    uninterrupted run would have read. ``distributed``: each process reads its shard. Training shards all have
+    the same length (padded by repeating samples, as ``DistributedSampler`` does), so every rank walks the same
+    cycle; evaluation shards are disjoint and unpadded (rank ``r`` reads items ``r, r + n, ...``), so no image
+    counts twice once ``MultiTaskScore`` gathers the ranks' predictions.
     ``skip_bad_samples``: an unreadable sample is logged, counted and left out of its batch instead of stopping
     the run (off by default: a bad file should be fixed, and ``validate`` finds them before training).
     ``cache_dir``: keep each sample's decoded, normalised, resized image (everything before the first random
@@ -116,6 +118,9 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
         items = load_datalist(path, split)
         if not items:
             continue
+        replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        if not train:  # evaluation: this rank's disjoint share (possibly none), each shard cached by its rank only
+            items, replicas, rank = items[rank::replicas], 1, 0
         for task in spec.get("tasks", ("cls",)):
             classes = meta["tasks"].get("segmentation", {}).get("classes") if task == "seg" else None
             transform = task_transforms(task, size, classes, train=train)
@@ -128,7 +133,6 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
                     items, transform, cache_rate=cache_rate, progress=False)
             else:
                 data = (SkippingDataset if skip_bad_samples else Dataset)(items, transform)
-            replicas, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
             sampler = ResumableSampler(len(data), shuffle=train, seed=source_seed(seed, f"{task}/{dataset}"),
                                        num_replicas=replicas, rank=rank)
             size_here = len(sampler)

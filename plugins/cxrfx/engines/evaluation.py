@@ -6,6 +6,10 @@ labels with both classes, unknown labels masked) for cls, ``ap50`` and ``map40_f
 (per image, empty/empty = 1) and ``dice_global`` for seg. The scalar form (``detailed=False``) is the mean
 of the main score of each source (auc / ap50 / dice_fx) for one model: the key metric that selects the
 best checkpoint, always on the validation split.
+
+Multi-process runs shard the validation split across ranks (``build_sources(distributed=True)``, no padding, so
+no image counts twice); ``compute`` gathers every rank's predictions first, so every rank gets the metrics of
+the whole split, equal on all ranks (:mod:`cxrfx.engines.distributed`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from monai.engines import Evaluator
 from monai.utils import optional_import
 from torch import nn
 
+from cxrfx.engines.distributed import all_gather_objects, broadcast_buffers, is_distributed
 from cxrfx.metrics import ap50, dice_fx, dice_global, map40_fx, multilabel_auc
 from cxrfx.networks.foundation_x import HeadPredictor
 from cxrfx.networks.heads import MAIN_METRIC
 
 Metric, _ = optional_import("ignite.metrics", name="Metric")
+Events, _ = optional_import("ignite.engine", name="Events")
 
 __all__ = ["MultiTaskEvaluator", "MultiTaskScore", "SourceChain", "MAIN_METRIC"]
 
@@ -48,15 +54,25 @@ _KEEP = {"seg": lambda x: x > 0.5}
 
 
 class SourceChain:
-    """Every batch of every loader once, as ``(key, batch)`` pairs (one evaluator epoch)."""
+    """Every batch of every loader once, as ``(key, batch)`` pairs (one evaluator epoch).
+
+    In a multi-process run, a rank whose shards are all empty (more ranks than validation images) yields one
+    empty batch: MONAI skips an evaluator run without data, and this rank must still join the others in
+    gathering predictions and broadcasting buffers.
+    """
 
     def __init__(self, loaders: Mapping[str, Iterable]):
         self.loaders = dict(loaders)
 
+    def _placeholder(self) -> bool:
+        return bool(self.loaders) and is_distributed() and not sum(len(v) for v in self.loaders.values())
+
     def __len__(self) -> int:
-        return sum(len(v) for v in self.loaders.values())
+        return sum(len(v) for v in self.loaders.values()) or int(self._placeholder())
 
     def __iter__(self):
+        if self._placeholder():
+            yield next(iter(self.loaders)), {"skipped": 0}
         for key, loader in self.loaders.items():
             for batch in loader:
                 yield key, batch
@@ -88,19 +104,37 @@ class MultiTaskScore(Metric):
             if preds is not None:
                 self._preds[model][key].extend(preds)
 
-    def _scores(self, model: str) -> dict[str, float]:
+    def _gathered(self) -> tuple[dict, dict]:
+        """(predictions, targets) of every rank, merged per model and source (this rank's alone in a
+        single-process run). Collective: every rank computes the metric, so every rank calls this."""
+        preds: dict = defaultdict(lambda: defaultdict(list))
+        targets: dict = defaultdict(list)
+        mine = ({m: dict(v) for m, v in self._preds.items()}, dict(self._targets))
+        for rank_preds, rank_targets in all_gather_objects(mine):
+            for key, values in rank_targets.items():
+                targets[key].extend(values)
+            for model, per_key in rank_preds.items():
+                for key, values in per_key.items():
+                    preds[model][key].extend(values)
+        return preds, targets
+
+    def _scores(self, model: str, preds: dict, targets: dict) -> dict[str, float]:
         scores = {}
-        for key, preds in self._preds[model].items():
+        for key, values in preds[model].items():
+            if not values:  # every image of this source unreadable (skip_bad_samples): no score
+                continue
             task = key.split("/")[0]
-            scores.update({f"{key}/{name}": v for name, v in SCORES[task](preds, self._targets[key]).items()})
+            scores.update({f"{key}/{name}": v for name, v in SCORES[task](values, targets[key]).items()})
         mains = [v for k, v in scores.items() if k.rsplit("/", 1)[1] == MAIN_METRIC[k.split("/")[0]] and np.isfinite(v)]
         scores["mean"] = float(np.mean(mains)) if mains else float("nan")
         return scores
 
     def compute(self):
+        preds, targets = self._gathered()
         if not self.detailed:
-            return self._scores(self.model)["mean"]
-        return {f"{m}/{k}": v for m in ("student", "teacher") if self._preds[m] for k, v in self._scores(m).items()}
+            return self._scores(self.model, preds, targets)["mean"]
+        return {f"{m}/{k}": v for m in ("student", "teacher") if preds[m]
+                for k, v in self._scores(m, preds, targets).items()}
 
 
 class MultiTaskEvaluator(Evaluator):
@@ -123,6 +157,8 @@ class MultiTaskEvaluator(Evaluator):
         self.teacher = teacher
         self.bf16 = bool(amp)
         self._predictors: dict = {}
+        # multi-process runs: every rank scores rank 0's model (the one rank 0 saves); no-op otherwise
+        self.add_event_handler(Events.STARTED, lambda _: broadcast_buffers([self.network, self.teacher]))
 
     @torch.no_grad()
     def _predict(self, model: nn.Module, task: str, head: str, images: torch.Tensor) -> list:
@@ -135,6 +171,9 @@ class MultiTaskEvaluator(Evaluator):
     def _iteration(self, engine, batchdata) -> dict:
         key, batch = batchdata
         task, head = key.split("/", 1)
+        if "image" not in batch:  # every sample of the batch unreadable (skip_bad_samples): nothing to score
+            engine.state.output = {"key": key, "target": [], "student": [], "teacher": None}
+            return engine.state.output
         images = batch["image"].to(engine.state.device)
         target = _per_image(self.network.head_type(task).targets(batch), _KEEP.get(task))
         output = {"key": key, "target": target, "student": self._predict(self.network, task, head, images),

@@ -1,0 +1,91 @@
+"""Multi-process training (``torchrun``, one or several nodes): process group, rank, and the two collectives the
+evaluation needs.
+
+The bundles follow the Model Zoo's multi-GPU pattern (``multi_gpu_train.json``): DistributedDataParallel, every
+data source sharded across ranks, the handlers that write (logs, TensorBoard, checkpoints, MLflow) disabled on
+ranks other than 0 (``"_disabled_": "@is_not_rank0"``). Validation is sharded too; :class:`MultiTaskScore`
+gathers every rank's predictions before scoring, so all ranks compute the same metrics on the whole split, and
+:class:`MultiTaskEvaluator` first gives every rank rank 0's buffers (BatchNorm statistics are updated by each
+rank's own batches), so the model scored is the one rank 0 saves. Everything here is a no-op in a
+single-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from monai.utils import optional_import
+from torch import nn
+
+idist, _ = optional_import("ignite.distributed")
+
+__all__ = ["setup", "rank", "world_size", "is_distributed", "all_gather_objects", "broadcast_buffers"]
+
+
+def is_distributed() -> bool:
+    """A process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's global rank: the process group's, or ``torchrun``'s ``RANK`` before the group exists
+    (so a config can ask before ``setup`` ran); 0 in a single-process run."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def setup(backend: str | None = None, log_all_ranks: bool = False) -> int:
+    """Join the process group ``torchrun`` describes (``MASTER_ADDR`` / ``RANK`` / ``WORLD_SIZE`` in the
+    environment; one node or many), select this process's GPU (``LOCAL_RANK``), and return the global rank.
+
+    ``backend``: default ``nccl`` with CUDA, ``gloo`` otherwise (CPU runs and tests). Ranks other than 0 log
+    warnings and errors only (the zoo's ``logger.setLevel(WARNING)`` on those ranks), unless ``log_all_ranks``:
+    a skipped sample or a non-finite loss on any rank is still reported.
+    """
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    # ignite's idist discovers the process group lazily, with collectives, the first time anything asks it for the
+    # rank (its DiskSaver does, inside the checkpoint savers). Savers exist on rank 0 only, so that first call
+    # would wait forever for the other ranks: let every rank make it here, together.
+    idist.sync()
+    if dist.get_rank() > 0 and not log_all_ranks:
+        logging.getLogger().setLevel(logging.WARNING)
+    return dist.get_rank()
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single-process run. Collective: every
+    rank must call it, in the same order."""
+    if not is_distributed():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_buffers(modules: Iterable[nn.Module | None], src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics, ...) of each module to every rank.
+
+    DDP broadcasts buffers at the start of each forward, and each rank then updates them with its own batch,
+    so after training the ranks' buffers differ slightly; the weights are the same on every rank."""
+    if not is_distributed():
+        return
+    for module in modules:
+        if module is None:
+            continue
+        module = module.module if hasattr(module, "module") else module
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)

@@ -1,0 +1,147 @@
+"""Multi-process training of the foundation_x bundle with torchrun on CPU (gloo): the same configs run on GPUs
+(NCCL). One machine with two processes, then two "nodes" of one process each (c10d rendezvous on 127.0.0.1), one
+of them killed and the job resumed. Each rank writes what it saw (metrics, shard sizes, whether it has a
+checkpoint saver) through a test-only config appended to ``run``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "foundation_x"
+# 20 phantom images per dataset: 3 validation images each, so both ranks have a validation shard (2 + 1)
+TINY = {"epochs": 1, "phantom_count": 20, "phantom_size": 64, "image_size": 64, "batch_size": 2}
+# what each rank saw, written after training (test-only: the bundle itself has nothing rank-specific to print)
+REPORT = {
+    "+imports": ["$import json"],
+    "+run": ["$open(@bundle_root + '/rank%d.json' % torch.distributed.get_rank(), 'w').write(json.dumps({"
+             "'pid': os.getpid(), 'metrics': @validate#evaluator.state.metrics, "
+             "'shards': {k: len(v.dataset) for k, v in @validate#dataset.items()}, "
+             "'has_saver': @train#checkpoint_saver is not None, 'iteration': @train#trainer.state.iteration}))"],
+}
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:  # a free port: a fixed one can still be held by an earlier run
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _command(root: Path, launcher: list[str], *extra_configs: str, **overrides) -> list[str]:
+    report = root / "report.json"
+    report.write_text(json.dumps(REPORT))
+    configs = [str(BUNDLE / "configs" / n) for n in ("train.json", "multi_gpu_train.json", "demo.json")]
+    args = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "monai.bundle", "run",
+            "--config_file", json.dumps([*configs, *extra_configs, str(report)]),
+            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(root)]
+    for key, value in {**TINY, **overrides}.items():
+        args += [f"--{key}", json.dumps(value)]
+    return args
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _reports(root: Path) -> list[dict]:
+    return [json.loads((root / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b or (isinstance(a, float) and math.isnan(a) and isinstance(b, float) and math.isnan(b))
+
+
+def _rank_log(log_dir: Path, rank: int) -> str:
+    return "".join(p.read_text() for p in log_dir.glob(f"**/attempt_*/{rank}/std*.log"))
+
+
+def test_two_processes_one_writer_sharded_validation_equal_metrics(tmp_path):
+    logs = tmp_path / "logs"
+    launcher = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                "--log_dir", str(logs), "--redirects", "3"]
+    proc = subprocess.run(_command(tmp_path, launcher), capture_output=True, text=True, timeout=600, cwd=str(BUNDLE),
+                          env=_env())
+    rank0, rank1 = _rank_log(logs, 0), _rank_log(logs, 1)
+    assert proc.returncode == 0, proc.stderr[-2000:] + rank0[-2000:] + rank1[-2000:]
+    first, second = _reports(tmp_path)
+    # one writer: only rank 0 has a checkpoint saver, and every event file is rank 0's
+    assert first["has_saver"] and not second["has_saver"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["last.pt", "model.pt"]
+    events = list((tmp_path / "eval").glob("events.out.tfevents.*"))
+    assert events and {p.name.split(".")[-2] for p in events} == {str(first["pid"])}
+    # one log: rank 0 logs training and validation, rank 1 only warnings once the process group is up
+    assert "MultiTaskTrainer - INFO - Epoch[1] Complete" in rank0 and "val_mean_teacher" in rank0
+    assert "Epoch[" not in rank1 and "val_mean_teacher" not in rank1
+    # validation sharded: disjoint shards covering the split (3 images per source: 2 on rank 0, 1 on rank 1) ...
+    assert all(first["shards"][k] == 2 and second["shards"][k] == 1 for k in first["shards"])
+    # ... and every rank scores the whole split, so their metrics are the same
+    assert _same(first["metrics"], second["metrics"])
+    scores = first["metrics"]["scores"]
+    assert {"teacher/seg/phantom_seg/dice_fx", "student/det/phantom_det/ap50"} <= set(scores)
+    assert first["metrics"]["val_mean_teacher"] == scores["teacher/mean"]
+
+
+def _launch_node(root: Path, port: int, run_id: str, log: Path, **overrides) -> subprocess.Popen:
+    launcher = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
+                f"127.0.0.1:{port}", "--rdzv_id", run_id, "--max_restarts", "0"]
+    # own session: killing the node kills its torchrun agent and its worker together
+    return subprocess.Popen(_command(root, launcher, **overrides), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            cwd=str(BUNDLE), env=_env(), start_new_session=True)
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_two_nodes_resume_after_one_node_is_killed(tmp_path):
+    overrides = {"epochs": 3, "checkpoint_interval": 4, "val_interval": 3, "resume_from": "auto"}
+    models = tmp_path / "models"
+    port = _free_port()
+    nodes = [_launch_node(tmp_path, port, "first", tmp_path / f"node{n}.log", **overrides) for n in range(2)]
+    try:
+        deadline = time.monotonic() + 300
+        while not list(models.glob("checkpoint_*.pt")):  # the first interval checkpoint has landed
+            assert time.monotonic() < deadline and all(p.poll() is None for p in nodes), \
+                "\n".join((tmp_path / f"node{n}.log").read_text()[-2000:] for n in range(2))
+            time.sleep(0.5)
+        os.killpg(nodes[1].pid, signal.SIGKILL)  # the node dies: its agent and its worker, no clean-up
+        nodes[1].wait()
+        assert nodes[0].wait(timeout=120) != 0  # the other node's worker loses its peer and the job fails
+    finally:
+        _stop(*nodes)
+    saved = torch.load(sorted(models.glob("checkpoint_*.pt"), key=os.path.getmtime)[-1], weights_only=True)
+    done = saved["trainer"]["iteration"]
+    total = overrides["epochs"] * saved["trainer"]["epoch_length"]
+    assert 0 < done < total
+    # the same command on both nodes again: resume_from auto picks the newest complete checkpoint
+    port = _free_port()
+    nodes = [_launch_node(tmp_path, port, "second", tmp_path / f"again{n}.log", **overrides) for n in range(2)]
+    try:
+        codes = [p.wait(timeout=600) for p in nodes]
+    finally:
+        _stop(*nodes)
+    logs = [(tmp_path / f"again{n}.log").read_text() for n in range(2)]
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+    assert sum("resumed from" in log and f"at iteration {done}" in log for log in logs) == 1  # rank 0 logs it
+    final = torch.load(models / "last.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == total
+    first, second = _reports(tmp_path)
+    assert first["iteration"] == second["iteration"] == total and _same(first["metrics"], second["metrics"])
