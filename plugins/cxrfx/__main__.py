@@ -4,7 +4,8 @@ Commands: ``phantom`` (build the embedded dataset), ``validate`` (check datalist
 ``prepare`` (public dataset -> datalist), ``leakage`` (train/test overlaps across datalists),
 ``demo`` (what ``make demo`` runs), ``predict`` (a bundle on a file / folder / DICOM series), ``calibrate``
 (a bundle's decision thresholds on its validation split), ``package`` (a bundle -> Model Zoo archive),
-``install`` (a zoo archive -> folder, safely unpacked). Errors that cxrfx raises on purpose print as one line, exit code 2.
+``install`` (a zoo archive -> folder, safely unpacked), ``convert`` (published Foundation X / Ark weights -> a
+bundle's ``models/model.pt``). Errors that cxrfx raises on purpose print as one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -185,6 +186,34 @@ class CLI:
         from cxrfx.packaging import install_bundle
 
         print(install_bundle(archive, dest, overwrite=overwrite))
+
+    def convert(self, checkpoint: str, out: str = "", bundle: str = "", overwrite: bool = False,
+                allow_pickle: bool = False, **options):
+        """Turn your copy of the published weights (--from foundation_x or ark) into a bundle's models/model.pt.
+
+        Usage: convert --from foundation_x|ark CHECKPOINT [OUT] [--bundle DIR]. OUT: the file to write, or the
+        bundle folder (then OUT/models/model.pt); the bundle is --bundle, else OUT or the one OUT lies in
+        (<bundle>/models/model.pt). Prints the load report; a file that is not such a checkpoint is refused in one
+        line, exit 1. The weights stay under their authors' non-commercial licence: do not redistribute them.
+        """
+        from cxrfx.convert import convert_checkpoint
+        from cxrfx.errors import CheckpointError
+
+        source = options.pop("from", None) or options.pop("source", None)
+        if options or not source:
+            raise CXRFXError(f"convert takes --from foundation_x|ark CHECKPOINT [OUT] [--bundle DIR] (unknown options "
+                             f"{sorted(options)})" if options else "convert needs --from foundation_x|ark")
+        try:
+            result = convert_checkpoint(checkpoint, str(source), out=out, bundle=bundle, overwrite=overwrite,
+                                        allow_pickle=allow_pickle)
+        except CheckpointError as exc:  # not a checkpoint, or another source's: one line, exit 1
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            sys.exit(1)
+        print(result.report)
+        for warning in result.warnings:  # e.g. a setting the bundle's configs must take to compute the source's model
+            print(f"warning: {result.out} in {result.bundle}: {warning}", file=sys.stderr)
+        print(f"{result.out}: {result.tensors} tensors of {result.bundle}'s network_def (load with its "
+              f"CheckpointLoader); licence: the weights' authors' (non-commercial), not for redistribution")
 
 
 def main(argv: list[str] | None = None) -> None:
