@@ -248,6 +248,10 @@ def test_login_through_the_server_uses_the_client_id(server, realm):
     status, body = call(server, token, "GET", "/auth/token/valid")
     assert status == 200 and read_json(body)["username"] == "login"
     assert ANNOTATOR_ROLE in read_json(body)["roles"]
+    wrong = urllib.parse.urlencode({"username": "anna", "password": "guess"}).encode()
+    status, body = http("POST", server.url + "/auth/token", wrong, headers)
+    assert status == 401 and "login refused by the realm (401 invalid_grant)" in detail(body), body
+    TABLE.extend([("login through /auth/token", 200, ""), ("login with a wrong password", status, detail(body))])
 
 
 @pytest.mark.parametrize("case, realm_uri, words", [

@@ -19,6 +19,9 @@ token's ``realm_access.roles`` (exact membership: no hierarchy). Three things ar
   the one the endpoint's own ``RBAC`` dependency names (found from FastAPI's routes, so it follows MONAI Label),
   except that replacing or deleting served weights (``PUT`` / ``DELETE /model/<name>``) needs admin: MONAI
   Label's API summary says admin, its code checks annotator. The endpoint's ``RBAC`` still runs afterwards.
+
+And :func:`login_error`: a login through the server (``POST /auth/token``) that the realm refuses is a 401 with
+the realm's reason, a realm that fails a 503, instead of MONAI Label's unhandled exception (a 500).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from urllib.parse import urlparse
 from fastapi import HTTPException
 
 __all__ = ["RSA_ALGORITHMS", "from_token", "check_realm", "install_token_check", "Authorizer", "AuthSetupError",
-           "apply_options", "ROLES"]
+           "apply_options", "login_error", "ROLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +136,24 @@ def install_token_check() -> None:
     from monailabel.endpoints.user import auth
 
     auth.from_token = from_token
+
+
+def login_error(path: str, exc: Exception) -> tuple[int, str] | None:
+    """Status and reason for a failed ``POST /auth/token``, None for any other failure. MONAI Label forwards the
+    login to the realm and lets the realm's refusal through as an exception: a wrong password would be a 500."""
+    import requests
+
+    if not path.rstrip("/").endswith("/auth/token") or not isinstance(exc, requests.RequestException):
+        return None
+    response = getattr(exc, "response", None)
+    if response is not None and 400 <= response.status_code < 500:
+        try:
+            answer = response.json()
+            error = answer.get("error_description") or answer.get("error") if isinstance(answer, dict) else None
+        except ValueError:
+            error = None
+        return 401, f"login refused by the realm ({response.status_code} {error or response.reason})"
+    return 503, f"{REALM_SETTING}: the realm's token endpoint failed ({_one_line(exc)})"
 
 
 def _api_routes(routes):

@@ -293,6 +293,13 @@ def install(fastapi_app, app_instance: Callable | None = None) -> None:
         return JSONResponse({"detail": str(exc.msg).splitlines()[0] if exc.msg else exc.error.value}, status)
 
     async def any_error(request, exc: Exception):
+        if auth is not None:
+            from cxrfx.label.auth import login_error
+
+            answer = login_error(request.url.path, exc)
+            if answer is not None:
+                logger.info(f"{request.method} {request.url.path}: {answer[0]} {answer[1]}")
+                return JSONResponse({"detail": answer[1]}, answer[0])
         logger.exception(f"{request.method} {request.url.path}: {type(exc).__name__}")
         reason = str(exc).splitlines()[0][:300] if str(exc) else ""
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}: {reason}); see the server log"}, 500)
