@@ -39,6 +39,7 @@ TOKENS = {  # Keycloak puts a user's (composite-expanded) realm roles in realm_a
     "hs256_forged": {"roles": [USER, ANNOTATOR_ROLE, ADMIN], "alg": "HS256-public"},
     "alg_none": {"roles": [USER, ANNOTATOR_ROLE, ADMIN], "alg": "none"},
     "login": {"roles": [USER, ANNOTATOR_ROLE]},
+    "roles_not_a_list": {"roles": ADMIN},  # MONAI Label's own code answered this with a 500
 }
 TABLE: list[tuple[str, int, str]] = []
 
@@ -163,6 +164,8 @@ def test_refused_requests_store_nothing(server, realm):
         ("HS256 token keyed with the realm's public key",
          lambda: call(server, t["hs256_forged"], "POST", f"/train/{SEG}", payload={}), 401, invalid),
         ("unsigned token (alg none)", lambda: call(server, t["alg_none"], "DELETE", delete_image), 401, invalid),
+        ("roles claim not a list", lambda: call(server, t["roles_not_a_list"], "GET", "/info/"), 401,
+         invalid + ["not a list of role names"]),
         ("token without roles: GET /info", lambda: call(server, t["no_roles"], "GET", "/info/"), 403,
          [f'Role "{USER}" is required']),
         ("user: save a label", lambda: call(server, t["user"], "PUT", put_label, label), 403,
@@ -201,6 +204,10 @@ def test_right_role_gets_validation_reasons(server, realm):
          lambda: call(server, t["annotator"], "PUT", "/datastore/label?image=ghost", small), 404, ["ghost"]),
         ("annotator: upload over the size limit",
          lambda: call(server, t["annotator"], "PUT", "/datastore/image", big), 413, ["bytes"]),
+        ("user: unknown active-learning strategy",
+         lambda: call(server, t["user"], "POST", "/activelearning/clairvoyant", payload={}), 404, ["clairvoyant"]),
+        ("admin: train without labels", lambda: call(server, t["admin"], "POST", f"/train/{SEG}", payload={}), 409,
+         ["0 final", "at least 2"]),
         ("admin: train unknown model", lambda: call(server, t["admin"], "POST", "/train/nope", payload={}), 404,
          ["nope", "not trainable"]),
         ("admin: delete unknown image", lambda: call(server, t["admin"], "DELETE", "/datastore/image?id=ghost"), 404,
