@@ -10,7 +10,9 @@ own function, in the zoo CI's order (REFERENCE §7.6):
    inference (without weights, the inference ``initialize`` that loads them is skipped);
 3. the weights match ``network_def`` tensor for tensor, then ``ckpt_export`` to TorchScript by tracing (Swin
    does not script) at the inference ``image_size``, reloaded with ``torch.jit.load`` and compared with the
-   eager network. Without weights the network's initial state is exported into the scratch folder.
+   eager network. Without weights the network's initial state is exported into the scratch folder;
+4. ``network_data_format`` value ranges: the inference config's own pre-processing on a synthetic radiograph, then
+   ``network_def`` on what it gives (not a MONAI function: the zoo's CI checks only that they are numbers).
 
 Workflows run with ``bundle_root`` set to a scratch folder that links to the staged files, so data and logs
 they create never land in the archive. The last stdout line is ``CXRFX-CHECKS {json report}``.
@@ -128,6 +130,66 @@ def _check_export(bundle, work_dir, weights, report):
         os.remove(ckpt)
 
 
+def _declared_range(fmt, side, key):
+    found = ((fmt.get(side) or {}).get(key) or {}).get("value_range")
+    if not (isinstance(found, list) and len(found) == 2 and all(isinstance(v, (int, float)) for v in found)
+            and found[0] < found[1]):
+        raise ValueError(f"network_data_format {side}.{key}.value_range must be [MIN, MAX], found {found!r}")
+    return float(found[0]), float(found[1])
+
+
+def _check_value_ranges(bundle, work_dir, report):
+    """The declared ranges against what the network is given and gives. The probe is a 16-bit image, half black
+    and half white (both ends of its range), through the ``dataset`` of ``inference.json`` (loading, normalising,
+    resizing as a user's image); the input must stay inside the declared input range and reach both of its
+    ends (a wider declared range is not what the network sees); ``network_def`` (eval) on it must stay inside
+    the declared output range (initial weights give logits of both signs, so a probability range fails)."""
+    import numpy as np
+    import torch
+    from monai.bundle import ConfigParser
+    from PIL import Image
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join("configs", "inference.json"))
+    parser.read_meta(os.path.join("configs", "metadata.json"))
+    fmt = parser.get("_meta_#network_data_format") or {}
+    low, high = _declared_range(fmt, "inputs", "image")
+    out_low, out_high = _declared_range(fmt, "outputs", "pred")
+    parser["bundle_root"] = _scratch_root(bundle, work_dir)
+    side = 2 * int(parser.get_parsed_content("image_size", default=224))
+    probe = np.zeros((side, side), np.uint16)
+    probe[:, side // 2:] = np.iinfo(np.uint16).max
+    parser["input_path"] = os.path.join(work_dir, "value_range_probe.png")
+    Image.fromarray(probe).save(parser["input_path"])
+    item = parser.get_parsed_content("dataset")[0]
+    if "error" in item:
+        raise ValueError(f"the inference pre-processing refused the probe image: {item['error']}")
+    image = torch.as_tensor(item["image"]).float()
+    seen = (float(image.min()), float(image.max()))
+    report["value_ranges"] = {"image": seen}
+    if seen[0] < low or seen[1] > high:
+        report["problems"].append(f"value_range: the network is given values in {list(seen)}, outside the declared "
+                                  f"input range {[low, high]}")
+    elif seen != (low, high):
+        report["problems"].append(f"value_range: the declared input range {[low, high]} is wider than what the "
+                                  f"pre-processing gives ({list(seen)})")
+    net = parser.get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        out = net(image[None])
+    tensors, pending = [], [out]
+    while pending:  # a tensor, or tuples / lists / dicts of them (a detector's maps)
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            tensors.append(item)
+        else:
+            pending.extend(item.values() if isinstance(item, dict) else item)
+    got = (min(float(t.min()) for t in tensors), max(float(t.max()) for t in tensors))
+    report["value_ranges"]["pred"] = got
+    if got[0] < out_low or got[1] > out_high:
+        report["problems"].append(f"value_range: network_def gives values in {list(got)}, outside the declared "
+                                  f"output range {[out_low, out_high]}")
+
+
 def main(request):
     bundle, work_dir, package = request["bundle"], request["work_dir"], request["package"]
     weights = request["weights"]
@@ -172,6 +234,13 @@ def main(request):
     except Exception as exc:
         report["problems"].append(_problem("ckpt_export", exc))
     report["seconds"]["ckpt_export"] = round(time.time() - start, 1)
+
+    start = time.time()
+    try:
+        _check_value_ranges(bundle, work_dir, report)
+    except Exception as exc:
+        report["problems"].append(_problem("value_range", exc))
+    report["seconds"]["value_range"] = round(time.time() - start, 1)
 
     loaded = sys.modules.get(package)
     report["package_file"] = getattr(loaded, "__file__", None)
