@@ -64,7 +64,7 @@ class DiRA(nn.Module):
                  adversarial: bool = False, proj_dim: int = 128, proj_hidden: int | None = None,
                  queue_size: int = 4096, temperature: float = 0.2, key_momentum: float = 0.999,
                  decoder: str = "upernet", decoder_options: Mapping | None = None, share_decoder: bool = False,
-                 disc_channels: int = 32, disc_layers: int = 3, weights: Mapping[str, float] | None = None,
+                 disc_channels: int = 16, disc_layers: int = 3, weights: Mapping[str, float] | None = None,
                  seed: int = 0):
         super().__init__()
         if not (discriminative or restorative):
