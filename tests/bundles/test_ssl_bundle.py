@@ -3,32 +3,23 @@ cycle; a run resumed from a checkpoint taken inside the warm-up ends where the u
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from finetune_helpers import ROOT, run_bundle
 
 from cxrfx.data.phantom import phantom_sources
 
-ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "foundation_x"
+CONFIGS = ["train.json", "demo.json", "ssl.json"]
 SETTINGS = {"epochs": 2, "ssl_warmup_epochs": 1, "phantom_count": 8, "phantom_size": 64, "image_size": 64,
             "batch_size": 4, "num_workers": 0, "checkpoint_interval": 1, "keep_checkpoints": 100,
             "ssl_recipe#queue_size": 64, "ssl_transforms#num_blocks": 100}
 
 
-def _run(root: Path, data: Path, **overrides) -> subprocess.CompletedProcess:
-    configs = [str(BUNDLE / "configs" / n) for n in ("train.json", "demo.json", "ssl.json")]
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
-            "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(root),
-            "--dataset_dir", json.dumps(str(data))]
-    for key, value in {**SETTINGS, **overrides}.items():
-        args += [f"--{key}", json.dumps(value)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=str(BUNDLE))
+def _run(root: Path, data: Path, **overrides):
+    return run_bundle(BUNDLE, CONFIGS, root, dataset_dir=str(data), **{**SETTINGS, **overrides})
 
 
 def _tensors(state, prefix=""):
