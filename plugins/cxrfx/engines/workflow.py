@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from monai.engines import SupervisedTrainer
+from monai.handlers import MLFlowHandler  # importable without mlflow (MONAI imports mlflow lazily)
 from torch import nn
 
 from cxrfx.engines.lock_release import LockReleaseHandler, freeze_norm_statistics
@@ -24,6 +25,20 @@ from cxrfx.engines.losses import consistency_loss
 from cxrfx.errors import ConfigError
 
 __all__ = ["MultiTaskTrainer"]
+
+
+def _first_if_single(value):
+    return value[0] if isinstance(value, tuple) and len(value) == 1 else value
+
+
+def _single_loss_for_tracking(handlers: Sequence | None) -> None:
+    """``--tracking mlflow`` (MONAI's default tracking settings) reads the loss with ``from_engine(["loss"],
+    first=True)``, written for a decollated list of per-image dicts. This trainer's output is one dict, from which
+    that transform returns a 1-tuple, which MLflow refuses as a metric value: unwrap it. The handler reads its
+    ``output_transform`` at each iteration, so replacing it after the handler is attached is enough."""
+    for handler in handlers or ():
+        if isinstance(handler, MLFlowHandler):
+            handler.output_transform = lambda output, read=handler.output_transform: _first_if_single(read(output))
 
 
 class MultiTaskTrainer(SupervisedTrainer):
@@ -55,6 +70,7 @@ class MultiTaskTrainer(SupervisedTrainer):
                          decollate=False, optim_set_to_none=True, **kwargs)
         lock_release.attach(self)
         self.lock_release = lock_release
+        _single_loss_for_tracking(train_handlers)
         if hasattr(teacher, "attach") and hasattr(teacher, "teacher"):  # a TeacherHandler: attach it, use its model
             teacher.attach(self)
             teacher = teacher.teacher
