@@ -14,6 +14,7 @@ from cxrfx.engines.checkpointing import CheckpointSaver, resume
 from cxrfx.engines.schedule import with_ssl
 from cxrfx.errors import ConfigError
 from cxrfx.networks import FoundationX
+from cxrfx.ssl.adam_v2 import AdamV2
 from cxrfx.ssl.data import ssl_loaders
 from cxrfx.ssl.dira import DiRA
 from cxrfx.ssl.step import SSLMultiTaskTrainer, SSLStep, ssl_training_state
@@ -31,19 +32,23 @@ def sources(tmp_path_factory):
     return phantom_sources(str(tmp_path_factory.mktemp("ph")), count=8, size=64)
 
 
-def _loaders(sources):
+def _loaders(sources, recipe="dira"):
     sup = build_sources({"phantom_cls": {**sources["phantom_cls"], "tasks": ["cls"]}}, size=64, batch_size=2)
     # the phantom's segmentation images, read as unlabelled (their masks are ignored)
+    options = {"num_blocks": 100} if recipe == "dira" else {"recipe": recipe}
     return {**sup, **ssl_loaders({"images": sources["phantom_seg"]}, size=64, batch_size=2, seed=0,
-                                 transform_options={"num_blocks": 100})}
+                                 transform_options=options)}
 
 
-def _build(sources, schedule=SCHEDULE, max_epochs=2, **handler):
+def _build(sources, schedule=SCHEDULE, max_epochs=2, recipe="dira", **handler):
     torch.manual_seed(0)
     net = FoundationX(**NET, cls_heads={"phantom_cls": 5})
-    lock_release = LockReleaseHandler(schedule, _loaders(sources), net, **handler)
+    lock_release = LockReleaseHandler(schedule, _loaders(sources, recipe), net, **handler)
     teacher = TeacherHandler(net, momentum=0.8)
-    recipe = DiRA(net, adversarial=True, queue_size=6, decoder_options={"channels": 16, "psp_channels": 32})
+    if recipe == "dira":
+        recipe = DiRA(net, adversarial=True, queue_size=6, decoder_options={"channels": 16, "psp_channels": 32})
+    else:
+        recipe = AdamV2(net, queue_size=10)
     ssl = SSLStep(recipe, lr=1e-3)
     optimizer = build_optimizer(net, backbone_lr=1e-3, head_lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
@@ -80,8 +85,9 @@ def test_ssl_steps_train_inside_a_cycle_with_the_teacher(sources):
     after = net.state_dict()
     assert not torch.equal(after["backbone.patch_embed.proj.weight"], before["backbone.patch_embed.proj.weight"])
     assert teacher.updates == 3  # one per step, SSL steps included
-    assert int(ssl.recipe.queue_ptr) == (4 * 2) % 6  # 4 SSL iterations of 2 keys, wrapped
-    assert not torch.equal(ssl.recipe.key_backbone.patch_embed.proj.weight, before["backbone.patch_embed.proj.weight"])
+    assert int(ssl.recipe.key_encoder.queue_ptr) == (4 * 2) % 6  # 4 SSL iterations of 2 keys, wrapped
+    key_weight = ssl.recipe.key_encoder.backbone.patch_embed.proj.weight
+    assert not torch.equal(key_weight, before["backbone.patch_embed.proj.weight"])
 
 
 def _tensors(state, prefix=""):
@@ -95,13 +101,14 @@ def _final_state(objects) -> dict:
     return {k: getattr(v, "state_dict", lambda: None)() for k, v in objects.items() if k != "rng"}
 
 
-@pytest.mark.parametrize("stop_at", [3, 8])  # inside the first SSL release step; the second cycle's
-def test_resume_mid_ssl_is_bit_identical(sources, tmp_path, stop_at):
-    reference, ref_objects = _build(sources)
+# inside the first SSL release step; the second cycle's; Adam-v2 inside the first
+@pytest.mark.parametrize("stop_at,recipe", [(3, "dira"), (8, "dira"), (3, "adam_v2")])
+def test_resume_mid_ssl_is_bit_identical(sources, tmp_path, stop_at, recipe):
+    reference, ref_objects = _build(sources, recipe=recipe)
     reference.run()
     expected = _final_state(ref_objects)
 
-    first, objects = _build(sources)
+    first, objects = _build(sources, recipe=recipe)
     CheckpointSaver(str(tmp_path), objects, save_interval=1, n_saved=2, epoch_level=False,
                     save_final=False).attach(first)
     first.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda e: e.terminate())
@@ -109,7 +116,7 @@ def test_resume_mid_ssl_is_bit_identical(sources, tmp_path, stop_at):
     assert first.state.iteration == stop_at and first.state.cxrfx_step.task == "ssl"
 
     torch.manual_seed(123)  # the global generators are restored from the checkpoint
-    resumed, objects = _build(sources)
+    resumed, objects = _build(sources, recipe=recipe)
     assert resume("auto", objects, search_dir=str(tmp_path))
     resumed.run()
     got = _final_state(objects)

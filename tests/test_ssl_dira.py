@@ -90,18 +90,20 @@ def test_configuration_errors_and_shared_decoder():
 def test_key_encoder_momentum_and_queue():
     net = _net()
     recipe = DiRA(net, restorative=False, queue_size=5, key_momentum=0.9)
-    key_before = recipe.key_backbone.patch_embed.proj.weight.clone()
+    keys_encoder = recipe.key_encoder
+    key_before = keys_encoder.backbone.patch_embed.proj.weight.clone()
     torch.testing.assert_close(key_before, net.backbone.patch_embed.proj.weight)  # starts as the student
     with torch.no_grad():
         net.backbone.patch_embed.proj.weight.add_(1.0)
     keys = F.normalize(torch.randn(3, 128), dim=1)
-    recipe.queue_ptr.fill_(3)
+    keys_encoder.queue_ptr.fill_(3)
     recipe.after_step(keys)
-    torch.testing.assert_close(recipe.key_backbone.patch_embed.proj.weight, key_before + 0.1)  # 0.9 k + 0.1 (k + 1)
-    torch.testing.assert_close(recipe.queue[[3, 4, 0]], keys)  # written at the pointer, wrapping around
-    assert int(recipe.queue_ptr) == 1
+    torch.testing.assert_close(keys_encoder.backbone.patch_embed.proj.weight, key_before + 0.1)  # 0.9 k + 0.1 (k + 1)
+    torch.testing.assert_close(keys_encoder.queue[[3, 4, 0]], keys)  # written at the pointer, wrapping around
+    assert int(keys_encoder.queue_ptr) == 1
     recipe.train()
-    assert not recipe.key_backbone.training and recipe.projector.training
+    assert not keys_encoder.training and recipe.projector.training
+    assert not any(p.requires_grad for p in keys_encoder.parameters())
 
 
 def test_restoration_loss_falls_on_a_fixed_batch():

@@ -40,7 +40,7 @@ def test_ssl_warmup_then_cycle_and_resume_inside_the_warmup(tmp_path):
     assert reference["trainer"]["iteration"] == 2 * cycle
     assert reference["lock_release"]["warmup"]["epochs"] == 1 and set(reference["ssl"]) == {
         "recipe", "optimizer", "disc_optimizer"}
-    assert int(reference["ssl"]["recipe"]["queue_ptr"]) > 0  # keys were enqueued
+    assert int(reference["ssl"]["recipe"]["key_encoder.queue_ptr"]) > 0  # keys were enqueued
 
     inside = cycle // 2  # a checkpoint of the warm-up epoch
     start = tmp_path / "reference" / "models" / f"checkpoint_iteration={inside}.pt"

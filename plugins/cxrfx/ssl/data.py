@@ -25,32 +25,51 @@ from cxrfx.data.sampling import ResumableSampler, SeededDataset, source_seed
 from cxrfx.data.transforms import ResizeWithBoxesd
 from cxrfx.errors import ConfigError
 from cxrfx.io.transforms import LoadCXRd, NormalizeCXRd
-from cxrfx.ssl.transforms import RandGenesisd
+from cxrfx.ssl.transforms import RandAnatomyCropsd, RandGenesisd
 
-__all__ = ["ssl_transforms", "ssl_collate", "ssl_loaders", "task_loaders_with_ssl", "SSL_KEYS"]
+__all__ = ["ssl_transforms", "ssl_collate", "ssl_loaders", "task_loaders_with_ssl", "SSL_KEYS", "RECIPE_KEYS"]
 
-SSL_KEYS = ("view1", "view2", "target")
+# the batch entries of each recipe (``input_keys`` of DiRA and Adam-v2)
+RECIPE_KEYS = {"dira": ("view1", "view2", "target"), "adam_v2": ("whole1", "whole2", "part_a", "part_b")}
+SSL_KEYS = tuple(k for keys in RECIPE_KEYS.values() for k in keys)
 
 
-def ssl_transforms(size: int = 224, crop_scale: Sequence[float] = (0.5, 1.0), genesis: bool = True,
-                   normalize: str = "range", num_blocks: int = 1000) -> Compose:
-    """Load, normalise, resize to ``size``; two augmented views; Genesis on view 1 (``genesis``) with the
-    undistorted view 1 as ``target``. ``crop_scale``: side fraction range of the random crops (MoCo crops an
-    area fraction of 0.2..1 of natural images; a radiograph's anatomy needs most of the field, hence 0.5..1)."""
-    chain = [LoadCXRd("image"), NormalizeCXRd("image", mode=normalize), ResizeWithBoxesd("image", (size, size)),
-             CopyItemsd("image", times=2, names=["view1", "view2"])]
-    for key in ("view1", "view2"):  # separate transforms: each view draws its own crop and jitter
-        chain += [RandScaleCropd(key, roi_scale=crop_scale[0], max_roi_scale=crop_scale[1], random_size=True),
-                  Resized(key, (size, size), mode="bilinear"),
-                  RandAffined(key, prob=0.5, rotate_range=0.12, padding_mode="zeros"),
-                  RandAdjustContrastd(key, prob=0.5, gamma=(0.7, 1.5)),
-                  RandGaussianSmoothd(key, prob=0.3, sigma_x=(0.1, 1.0), sigma_y=(0.1, 1.0))]
-    if genesis:
-        chain.append(RandGenesisd("view1", restore_key="target", num_blocks=num_blocks))
+def _jitter(key: str) -> list:
+    """Intensity jitter of one view (its own draws)."""
+    return [RandAdjustContrastd(key, prob=0.5, gamma=(0.7, 1.5)),
+            RandGaussianSmoothd(key, prob=0.3, sigma_x=(0.1, 1.0), sigma_y=(0.1, 1.0))]
+
+
+def ssl_transforms(size: int = 224, recipe: str = "dira", crop_scale: Sequence[float] = (0.5, 1.0),
+                   genesis: bool = True, normalize: str = "range", num_blocks: int = 1000, max_level: int = 2
+                   ) -> Compose:
+    """Load, normalise, resize to ``size``, then per ``recipe``:
+
+    ``dira``: two augmented views; Genesis on view 1 (``genesis``) with the undistorted view 1 as ``target``.
+    ``crop_scale``: side fraction range of the random crops (MoCo crops an area fraction of 0.2..1 of natural
+    images; a radiograph's anatomy needs most of the field, hence 0.5..1).
+    ``adam_v2``: an anatomical whole crop (granularity level 0..``max_level``) and its two halves, each resized to
+    ``size``; two intensity-jittered views of the whole (no random crop: the crop *is* the anatomy).
+    """
+    if recipe not in RECIPE_KEYS:
+        raise ConfigError(f"SSL recipe must be one of {sorted(RECIPE_KEYS)}, got {recipe!r}")
+    chain = [LoadCXRd("image"), NormalizeCXRd("image", mode=normalize), ResizeWithBoxesd("image", (size, size))]
+    if recipe == "adam_v2":
+        chain += [RandAnatomyCropsd("image", (size, size), max_level=max_level, whole_key="whole1"),
+                  CopyItemsd("whole1", names=["whole2"]), *_jitter("whole1"), *_jitter("whole2")]
     else:
-        chain.append(CopyItemsd("view1", names=["target"]))
-    chain.append(EnsureTyped(list(SSL_KEYS), data_type="tensor", dtype=torch.float32, track_meta=False))
-    chain.append(SelectItemsd([*SSL_KEYS, "id", "dataset"], allow_missing_keys=True))
+        chain.append(CopyItemsd("image", times=2, names=["view1", "view2"]))
+        for key in ("view1", "view2"):  # separate transforms: each view draws its own crop and jitter
+            chain += [RandScaleCropd(key, roi_scale=crop_scale[0], max_roi_scale=crop_scale[1], random_size=True),
+                      Resized(key, (size, size), mode="bilinear"),
+                      RandAffined(key, prob=0.5, rotate_range=0.12, padding_mode="zeros"), *_jitter(key)]
+        if genesis:
+            chain.append(RandGenesisd("view1", restore_key="target", num_blocks=num_blocks))
+        else:
+            chain.append(CopyItemsd("view1", names=["target"]))
+    keys = list(RECIPE_KEYS[recipe])
+    chain.append(EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False))
+    chain.append(SelectItemsd([*keys, "id", "dataset"], allow_missing_keys=True))
     return Compose(chain)
 
 

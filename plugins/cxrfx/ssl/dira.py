@@ -3,9 +3,9 @@
 One recipe, three switches; D, R (close to Models Genesis), DR and DRA are configurations of it:
 
 - **Discriminative** (MoCo-v2): the student backbone sees view 1 (Genesis-distorted when R is on, as in DiRA),
-  a *key encoder* (a copy of backbone + projector, momentum ``key_momentum`` updated after every SSL iteration)
-  sees view 2; InfoNCE against a queue of earlier keys. The key encoder is not the Foundation X EMA teacher:
-  MoCo's momentum (0.999 per iteration) and the teacher's (0.8 per Lock-Release step) answer different needs.
+  a *key encoder* (:class:`~cxrfx.ssl.momentum.KeyEncoder`: a copy of backbone + projector, momentum
+  ``key_momentum`` updated after every SSL iteration; not the Foundation X EMA teacher) sees view 2; InfoNCE
+  against its queue of earlier keys.
 - **Restorative**: a segmentation decoder of the head registry (``decoder``, default ``upernet``) on the
   student's stage maps and a 1-channel head restore the undistorted view 1 (sigmoid, MSE). ``share_decoder``
   restores through the network's own segmentation decoder instead, so SSL also pretrains what Foundation X's
@@ -21,7 +21,6 @@ weights stay in the student checkpoint; this module's state is the recipe's own 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import torch
@@ -29,10 +28,10 @@ import torch.nn.functional as F
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
-from cxrfx.engines.teacher import ema_update
 from cxrfx.errors import ConfigError
 from cxrfx.networks.heads import get_head_type
 from cxrfx.ssl.losses import discriminator_loss, generator_loss, info_nce, restoration_loss
+from cxrfx.ssl.momentum import KeyEncoder
 
 __all__ = ["DiRA", "projection_mlp"]
 
@@ -47,6 +46,8 @@ def projection_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 class DiRA(nn.Module):
     """The DiRA recipe around a :class:`~cxrfx.networks.FoundationX` (see the module docstring).
 
+    ``input_keys``: the batch entries :class:`~cxrfx.ssl.step.SSLStep` passes to :meth:`forward`.
+
     Args:
         network: the model being pretrained (DDP-wrapped is fine); its backbone is the student encoder.
         discriminative, restorative, adversarial: the three branches (adversarial needs restorative).
@@ -59,6 +60,8 @@ class DiRA(nn.Module):
         weights: ``{"dis", "res", "adv"}`` loss weights (missing keys: defaults above).
         seed: seeds the initial queue (random unit vectors), so two runs start identical.
     """
+
+    input_keys = ("view1", "view2", "target")
 
     def __init__(self, network: nn.Module, discriminative: bool = True, restorative: bool = True,
                  adversarial: bool = False, proj_dim: int = 128, proj_hidden: int | None = None,
@@ -79,12 +82,7 @@ class DiRA(nn.Module):
         dims = list(net.backbone.num_features)
         if discriminative:
             self.projector = projection_mlp(dims[-1], int(proj_hidden or dims[-1]), proj_dim)
-            # the key encoder starts as the student (MoCo) and never receives a gradient
-            self.key_backbone = copy.deepcopy(net.backbone).requires_grad_(False)
-            self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
-            queue = torch.randn(int(queue_size), proj_dim, generator=torch.Generator().manual_seed(int(seed)))
-            self.register_buffer("queue", F.normalize(queue, dim=1))
-            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+            self.key_encoder = KeyEncoder(net.backbone, self.projector, queue_size, key_momentum, seed)
         if restorative:
             if share_decoder:
                 if not len(net.heads("seg")):
@@ -103,26 +101,10 @@ class DiRA(nn.Module):
             self.discriminator = PatchDiscriminator(spatial_dims=2, channels=disc_channels, in_channels=1,
                                                     out_channels=1, num_layers_d=disc_layers)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.discriminative:
-            # no shuffle-BN on one process: the key encoder reads the running statistics it copies from the student
-            # (Swin's LayerNorms are unaffected; only a conv stem has BatchNorm)
-            self.key_backbone.eval()
-            self.key_projector.eval()
-        return self
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The recipe's own parameters the main SSL loss trains (projector, decoder, restore head)."""
-        skip = ("key_", "discriminator.")
+        skip = ("key_encoder.", "discriminator.")
         return [p for n, p in self.named_parameters() if not n.startswith(skip)]
-
-    def key_features(self, view: torch.Tensor) -> torch.Tensor:
-        """Normalised key embeddings of ``view`` (B, proj_dim), no gradient."""
-        net = self.network
-        with torch.no_grad():
-            feats = self.key_backbone((view - net.input_mean) / net.input_std)
-            return F.normalize(self.key_projector(self.key_backbone.pooled(feats[-1])), dim=1)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor | None = None,
                 target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -138,8 +120,8 @@ class DiRA(nn.Module):
             if view2 is None:
                 raise ValueError("the discriminative branch needs the second view")
             query = F.normalize(self.projector(net.pooled_feature(feats)), dim=1)
-            keys = self.key_features(view2)
-            out["dis"] = info_nce(query, keys, self.queue.clone(), self.temperature)
+            keys = self.key_encoder((view2 - net.input_mean) / net.input_std)
+            out["dis"] = info_nce(query, keys, self.key_encoder.queue.clone(), self.temperature)
             out["keys"] = keys
             total = total + self.weights["dis"] * out["dis"]
         if self.restorative:
@@ -166,13 +148,7 @@ class DiRA(nn.Module):
     @torch.no_grad()
     def after_step(self, keys: torch.Tensor | None) -> None:
         """After the optimizer step: momentum-update the key encoder, then enqueue this batch's keys (MoCo order)."""
-        if not self.discriminative:
-            return
-        ema_update(self.key_backbone, self.network.backbone, self.key_momentum, buffers="copy")
-        ema_update(self.key_projector, self.projector, self.key_momentum, buffers="copy")
-        if keys is None:
-            return
-        size, n = len(self.queue), min(len(keys), len(self.queue))
-        index = (int(self.queue_ptr) + torch.arange(n)) % size  # wraps around: any batch size fits any queue
-        self.queue[index.to(self.queue.device)] = keys[:n].to(self.queue.dtype)
-        self.queue_ptr.fill_((int(self.queue_ptr) + n) % size)
+        if self.discriminative:
+            self.key_encoder.update(self.network.backbone, self.projector)
+            if keys is not None:
+                self.key_encoder.enqueue(keys)

@@ -2,7 +2,7 @@
 
 :class:`SSLStep` runs a recipe (:class:`~cxrfx.ssl.dira.DiRA`) on one SSL batch: the main optimizer updates the
 network (backbone, and the shared seg decoder when the recipe restores through it), the step's own optimizer the
-recipe's parts (projector, decoder, restore head), a third one the discriminator; then the key encoder moves and
+recipe's parts (projector, decoder, restore head...), a third one the discriminator; then the key encoder moves and
 the queue advances. :class:`SSLMultiTaskTrainer` is :class:`~cxrfx.engines.MultiTaskTrainer` handing ``ssl``
 steps to it, so the cycle, the EMA teacher (updated after every step, SSL ones included), LR schedule, logging and
 checkpoints treat an SSL step like any other. ``lock`` in an SSL step freezes the whole network: only the
@@ -29,8 +29,9 @@ __all__ = ["SSLStep", "SSLMultiTaskTrainer", "ssl_training_state"]
 
 
 class SSLStep:
-    """One SSL iteration of ``recipe`` (its ``forward(view1, view2, target)`` returns ``loss`` and the branch
-    terms; ``after_step(keys)``; ``discriminator_step_loss`` when adversarial).
+    """One SSL iteration of ``recipe``: its ``forward`` takes the batch entries named by its ``input_keys`` and
+    returns ``loss``, its terms and ``keys``; then ``after_step(keys)``; ``discriminator_step_loss`` when
+    ``adversarial`` (:class:`~cxrfx.ssl.dira.DiRA`, :class:`~cxrfx.ssl.adam_v2.AdamV2`).
 
     Args:
         recipe: e.g. :class:`~cxrfx.ssl.dira.DiRA` (on the trainer's device).
@@ -55,14 +56,14 @@ class SSLStep:
     def __call__(self, trainer: MultiTaskTrainer, engine, batch: Mapping) -> dict:
         step = engine.state.cxrfx_step
         engine.state.skipped_samples += int(batch.get("skipped", 0)) if batch else 0
-        if not batch or "view1" not in batch or len(batch["view1"]) < 2:
+        names = self.recipe.input_keys  # the batch entries the recipe's forward takes, in order
+        if not batch or names[0] not in batch or len(batch[names[0]]) < 2:
             trainer.run_log.warning(f"iteration {engine.state.iteration} ({step.key}): fewer than 2 readable images "
                                     "in the batch: skipped")
             engine.state.output = {"loss": torch.tensor(float("nan")), "step": step.key, "phase": step.phase}
             return engine.state.output
         device = engine.state.device
-        views = {k: batch[k].to(device, non_blocking=engine.non_blocking) for k in ("view1", "view2", "target")
-                 if k in batch}
+        views = {k: batch[k].to(device, non_blocking=engine.non_blocking) for k in names if k in batch}
         engine.network.train()
         self.recipe.train()
         if step.phase == "lock":
@@ -74,9 +75,9 @@ class SSLStep:
             opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type if isinstance(device, torch.device) else str(device).split(":")[0],
                             dtype=torch.bfloat16, enabled=trainer.bf16):
-            out = self.recipe(views["view1"], views.get("view2"), views.get("target"))
+            out = self.recipe(*[views.get(k) for k in names])
         loss = out["loss"]
-        terms = {k: out[k].detach() for k in ("dis", "res", "adv") if k in out}
+        terms = {k: v.detach() for k, v in out.items() if k != "loss" and v.ndim == 0}  # the recipe's terms
         if not torch.isfinite(loss.detach()):
             engine.state.skipped_steps += 1
             self.log.error(f"non-finite SSL loss ({float(loss.detach())}) at iteration {engine.state.iteration} "

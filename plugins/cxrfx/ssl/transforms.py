@@ -11,6 +11,9 @@ MONAI style: every transform is a :class:`~monai.transforms.RandomizableTransfor
 distortion a pure function of the seed, independent of workers and global RNGs. No MONAI transform does any
 of the four (``RandHistogramShift`` is piecewise-linear and monotone; ``RandCoarseDropout`` fills holes with
 uniform noise, close to in-painting, but has no out-painting or Genesis' box-size rules), hence these.
+
+:class:`RandAnatomyCropsd` is Adam-v2's anatomy decomposition (a whole crop and its two halves), for
+``cxrfx.ssl.adam_v2``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, RandomizableTransform
+from monai.transforms import MapTransform, Randomizable, RandomizableTransform, Resize
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
 __all__ = ["bezier_intensity_map", "RandBezierIntensity", "RandLocalPixelShuffle", "RandInpaint", "RandOutpaint",
-           "RandGenesisd"]
+           "RandGenesisd", "RandAnatomyCropsd"]
 
 
 def bezier_intensity_map(img: np.ndarray, p1: Sequence[float], p2: Sequence[float], flip: bool = False,
@@ -227,4 +230,52 @@ class RandGenesisd(Randomizable, MapTransform):
             img = self.shuffle(d[key], randomize=False)
             img = self.nonlinear(img, randomize=False)
             d[key] = self.paint(img, randomize=False) if self.paint is not None else img
+        return d
+
+
+def _halve(box: tuple[int, int, int, int], axis: int) -> list[tuple[int, int, int, int]]:
+    """The two halves (top/bottom for ``axis`` 0, left/right for 1) of a (row, col, height, width) box."""
+    r, c, h, w = box
+    if axis == 0:
+        return [(r, c, h // 2, w), (r + h // 2, c, h - h // 2, w)]
+    return [(r, c, h, w // 2), (r, c + w // 2, h, w - w // 2)]
+
+
+class RandAnatomyCropsd(Randomizable, MapTransform):
+    """Adam-v2's anatomy decomposition (Taher et al., CVPR 2024): a *whole* crop at a random granularity level and
+    its two *parts*, each resized to ``size``.
+
+    Level 0 is the whole image; each further level keeps one random half (top/bottom or left/right) of the
+    previous crop, down to ``max_level``; the parts are the two halves of the whole along a random axis. Chest
+    radiographs are framed alike, so a crop at a given place of this hierarchy shows roughly the same anatomy in
+    every image (the "anatomical consistency" Adam learns from). Outputs ``whole_key`` and ``part_keys``; the
+    boxes drawn are kept as ``whole_box`` / ``part_boxes`` (row, col, height, width).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", size: Sequence[int] | int | None = None, max_level: int = 2,
+                 whole_key: str = "whole", part_keys: Sequence[str] = ("part_a", "part_b"),
+                 allow_missing_keys: bool = False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if len(self.keys) != 1 or len(part_keys) != 2:
+            raise ValueError("RandAnatomyCropsd reads one key and writes one whole and two part keys")
+        self.size, self.max_level = size, int(max_level)
+        self.whole_key, self.part_keys = whole_key, tuple(part_keys)
+        self.whole_box: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self.part_boxes: list[tuple[int, int, int, int]] = []
+
+    def randomize(self, shape: Sequence[int]) -> None:
+        box = (0, 0, int(shape[-2]), int(shape[-1]))
+        for _ in range(int(self.R.randint(0, self.max_level + 1))):
+            box = _halve(box, int(self.R.randint(2)))[int(self.R.randint(2))]
+        self.whole_box = box
+        self.part_boxes = _halve(box, int(self.R.randint(2)))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            self.randomize(img.shape)
+            resize = Resize(self.size or tuple(img.shape[-2:]), mode="bilinear")
+            for name, (r, c, h, w) in zip((self.whole_key, *self.part_keys), [self.whole_box, *self.part_boxes]):
+                d[name] = resize(img[..., r:r + h, c:c + w])
         return d
