@@ -103,7 +103,7 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
     uninterrupted run would have read. ``distributed``: each process reads its shard. Training shards all have
     the same length (padded by repeating samples, as ``DistributedSampler`` does), so every rank walks the same
     cycle; evaluation shards are disjoint and unpadded (rank ``r`` reads items ``r, r + n, ...``), so no image
-    counts twice once ``MultiTaskScore`` gathers the ranks' predictions.
+    counts twice once ``MultiTaskScore`` gathers the ranks' predictions (such loaders have ``sharded = True``).
     ``skip_bad_samples``: an unreadable sample is logged, counted and left out of its batch instead of stopping
     the run (off by default: a bad file should be fixed, and ``validate`` finds them before training).
     ``cache_dir``: keep each sample's decoded, normalised, resized image (everything before the first random
@@ -140,10 +140,11 @@ def build_sources(sources: Mapping[str, Mapping], split: str = "training", size:
             if train and size_here < 2:
                 raise ConfigError(f"{path}: {task} training needs at least 2 images per process ({size_here} here): "
                                   "BatchNorm cannot train on single-image batches")
-            loaders[f"{task}/{dataset}"] = DataLoader(
+            loaders[f"{task}/{dataset}"] = loader = DataLoader(
                 SeededDataset(data), batch_size=bs, sampler=sampler,
                 # a last batch of one image would break BatchNorm in training; evaluation keeps every image
                 drop_last=train and size_here % bs == 1, num_workers=num_workers, collate_fn=multitask_collate,
                 # worker seeds from a private generator: creating iterators leaves the global RNG alone
                 generator=torch.Generator().manual_seed(seed))
+            loader.sharded = distributed and not train  # MultiTaskEvaluator gathers the ranks' predictions
     return loaders

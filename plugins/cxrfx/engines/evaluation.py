@@ -8,8 +8,10 @@ of the main score of each source (auc / ap50 / dice_fx) for one model: the key m
 best checkpoint, always on the validation split.
 
 Multi-process runs shard the validation split across ranks (``build_sources(distributed=True)``, no padding, so
-no image counts twice); ``compute`` gathers every rank's predictions first, so every rank gets the metrics of
-the whole split, equal on all ranks (:mod:`cxrfx.engines.distributed`).
+no image counts twice); with sharded sources ``compute`` gathers every rank's predictions first, so every rank
+gets the metrics of the whole split, equal on all ranks (:mod:`cxrfx.engines.distributed`). Unsharded sources
+(every rank reads the whole split) are scored per rank, as before: gathering them would count each image once per
+rank.
 """
 
 from __future__ import annotations
@@ -56,16 +58,17 @@ _KEEP = {"seg": lambda x: x > 0.5}
 class SourceChain:
     """Every batch of every loader once, as ``(key, batch)`` pairs (one evaluator epoch).
 
-    In a multi-process run, a rank whose shards are all empty (more ranks than validation images) yields one
-    empty batch: MONAI skips an evaluator run without data, and this rank must still join the others in
-    gathering predictions and broadcasting buffers.
+    ``sharded``: a loader is one rank's share of its source (``build_sources`` marks them). A rank whose shards
+    are all empty (more ranks than validation images) yields one empty batch: MONAI skips an evaluator run
+    without data, and this rank must still join the others in gathering predictions and broadcasting buffers.
     """
 
     def __init__(self, loaders: Mapping[str, Iterable]):
         self.loaders = dict(loaders)
+        self.sharded = any(getattr(loader, "sharded", False) for loader in self.loaders.values())
 
     def _placeholder(self) -> bool:
-        return bool(self.loaders) and is_distributed() and not sum(len(v) for v in self.loaders.values())
+        return self.sharded and is_distributed() and not sum(len(v) for v in self.loaders.values())
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.loaders.values()) or int(self._placeholder())
@@ -91,7 +94,13 @@ class MultiTaskScore(Metric):
 
     def __init__(self, model: str = "student", detailed: bool = False, output_transform=lambda x: x, device="cpu"):
         self.model, self.detailed = model, detailed
+        self._gather = False
         super().__init__(output_transform=output_transform, device=device)
+
+    def completed(self, engine, name: str) -> None:
+        # gather the ranks' predictions only when each rank scored its own shard (the evaluator says so)
+        self._gather = bool(getattr(engine, "sharded", False))
+        super().completed(engine, name)
 
     def reset(self) -> None:
         self._preds = defaultdict(lambda: defaultdict(list))
@@ -105,12 +114,13 @@ class MultiTaskScore(Metric):
                 self._preds[model][key].extend(preds)
 
     def _gathered(self) -> tuple[dict, dict]:
-        """(predictions, targets) of every rank, merged per model and source (this rank's alone in a
-        single-process run). Collective: every rank computes the metric, so every rank calls this."""
+        """(predictions, targets) of every rank, merged per model and source; this rank's alone in a
+        single-process run or with unsharded sources. Collective: every rank computes the metric, so every rank
+        calls this."""
         preds: dict = defaultdict(lambda: defaultdict(list))
         targets: dict = defaultdict(list)
         mine = ({m: dict(v) for m, v in self._preds.items()}, dict(self._targets))
-        for rank_preds, rank_targets in all_gather_objects(mine):
+        for rank_preds, rank_targets in (all_gather_objects(mine) if self._gather else [mine]):
             for key, values in rank_targets.items():
                 targets[key].extend(values)
             for model, per_key in rank_preds.items():
@@ -156,6 +166,7 @@ class MultiTaskEvaluator(Evaluator):
         self.network = network.module if hasattr(network, "module") else network
         self.teacher = teacher
         self.bf16 = bool(amp)
+        self.sharded = chain.sharded  # read by MultiTaskScore: gather the ranks' predictions
         self._predictors: dict = {}
         # multi-process runs: every rank scores rank 0's model (the one rank 0 saves); no-op otherwise
         self.add_event_handler(Events.STARTED, lambda _: broadcast_buffers([self.network, self.teacher]))
