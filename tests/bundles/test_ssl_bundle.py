@@ -54,3 +54,14 @@ def test_ssl_warmup_then_cycle_and_resume_inside_the_warmup(tmp_path):
     assert len(pairs) == len(_tensors(resumed))
     differing = [a for (a, x), (b, y) in pairs if a != b or not torch.equal(x, y)]
     assert not differing, differing[:8]
+
+
+def test_adam_v2_recipe_by_override(tmp_path):
+    data = tmp_path / "data"
+    phantom_sources(str(data), count=SETTINGS["phantom_count"], size=SETTINGS["phantom_size"])
+    adam = {"_target_": "cxrfx.ssl.adam_v2.AdamV2", "network": "@network", "queue_size": 64, "seed": "@seed"}
+    proc = _run(tmp_path / "adam", data, epochs=1, ssl_recipe=adam, ssl_transforms={"recipe": "adam_v2"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    state = torch.load(tmp_path / "adam" / "models" / "last.pt", weights_only=True)
+    assert any(k.startswith("composer.") for k in state["ssl"]["recipe"]) and "disc_optimizer" not in state["ssl"]
+    assert int(state["ssl"]["recipe"]["key_encoder.queue_ptr"]) > 0
