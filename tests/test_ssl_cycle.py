@@ -134,8 +134,9 @@ def test_warmup_fills_whole_epochs(sources):
              {"dataset": "phantom_cls", "task": "cls", "phase": "lock", "iterations": 1}]
     handler = LockReleaseHandler(cycle, loaders, net, warmup={"dataset": "images", "task": "ssl"}, warmup_epochs=2)
     assert handler.cycle_length == 3 and handler.data is handler.loaders["ssl/images"]
-    assert [handler.position(i) for i in (0, 2, 3, 5, 6, 8, 9)] == [(2, 0), (2, 2), (2, 0), (2, 2), (0, 0), (1, 0),
-                                                                     (0, 0)]
+    # two warm-up epochs (index 2 = the warm-up step, 3 iterations each), then the cycle
+    expected = [(2, 0), (2, 2), (2, 0), (2, 2), (0, 0), (1, 0), (0, 0)]
+    assert [handler.position(i) for i in (0, 2, 3, 5, 6, 8, 9)] == expected
     assert handler.all_steps[2].key == "ssl/images" and handler.all_steps[2].iterations == 3
     plain = LockReleaseHandler(cycle, loaders, net)
     with pytest.raises(ConfigError, match="different Lock-Release schedule"):
