@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,12 @@ pytestmark = pytest.mark.skipif(
     reason="mlflow is not installed (optional; pip install mlflow-skinny sqlalchemy alembic for a local store)")
 
 
-def test_tracking_mlflow_writes_loss_and_metrics_to_a_local_store(tmp_path):
-    store = tmp_path / "store" / "mlruns.db"
-    configs = [str(BUNDLE / "configs" / n) for n in ("train.json", "demo.json")]
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
-            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(tmp_path),
+def _run_tracked(root: Path, launcher: list[str], *configs: str):
+    """The bundle with ``--tracking mlflow`` into ``<root>/store/mlruns.db``; returns (the run, its client)."""
+    store = root / "store" / "mlruns.db"
+    args = [sys.executable, *launcher, "-m", "monai.bundle", "run",
+            "--config_file", json.dumps([str(BUNDLE / "configs" / n) for n in ("train.json", *configs)]),
+            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(root),
             "--tracking", "mlflow", "--tracking_uri", json.dumps(f"sqlite:///{store}"),
             "--experiment_name", json.dumps("cxrfx_test"), "--run_name", json.dumps("tiny")]
     for key, value in TINY.items():
@@ -46,10 +48,20 @@ def test_tracking_mlflow_writes_loss_and_metrics_to_a_local_store(tmp_path):
     experiment = client.get_experiment_by_name("cxrfx_test")
     runs = client.search_runs([experiment.experiment_id])
     assert [(r.info.run_name, r.info.status) for r in runs] == [("tiny", "FINISHED")]  # trainer and validator
-    run = runs[0]
+    return runs[0], client
+
+
+def _loss_steps(run, client) -> tuple[list[int], list[int]]:
+    """(the steps train_loss was logged at, the steps one point per iteration would give)."""
     iterations = int(run.data.params["epoch_length"]) * TINY["epochs"]
     loss = client.get_metric_history(run.info.run_id, "train_loss")
-    assert sorted(m.step for m in loss) == list(range(1, iterations + 1))  # one point per iteration
+    return sorted(m.step for m in loss), list(range(1, iterations + 1))
+
+
+def test_tracking_mlflow_writes_loss_and_metrics_to_a_local_store(tmp_path):
+    run, client = _run_tracked(tmp_path, [], "demo.json")
+    logged, expected = _loss_steps(run, client)
+    assert logged == expected  # one point per iteration
     key = client.get_metric_history(run.info.run_id, "val_mean_teacher")
     assert [m.step for m in key] == [1] and 0.0 <= key[0].value <= 1.0  # validation after epoch 1
     # the detailed scores, flattened: every source of both models
@@ -58,3 +70,17 @@ def test_tracking_mlflow_writes_loss_and_metrics_to_a_local_store(tmp_path):
     assert any(k.startswith("lr_group_") for k in run.data.metrics)
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert any(p.startswith("config_") and p.endswith(".json") for p in artifacts)  # the executed config
+
+
+def test_tracking_mlflow_under_torchrun_only_rank_0_writes(tmp_path):
+    """Two gloo processes: MONAI's tracking handlers are disabled by ``is_not_rank0``, which multi_gpu_train.json
+    defines; one run, each iteration logged once (both ranks writing would log every step twice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(port)]
+    run, client = _run_tracked(tmp_path, launcher, "multi_gpu_train.json", "demo.json")
+    logged, expected = _loss_steps(run, client)
+    assert logged == expected
+    assert len(client.get_metric_history(run.info.run_id, "val_mean_teacher")) == 1
