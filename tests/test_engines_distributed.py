@@ -70,6 +70,26 @@ def _rank_log(log_dir: Path, rank: int) -> str:
     return "".join(p.read_text() for p in log_dir.glob(f"**/attempt_*/{rank}/std*.log"))
 
 
+# handlers that write files or logs: on rank 0 only
+WRITERS = {"ignite.handlers.ProgressBar", "StatsHandler", "TensorBoardStatsHandler", "MetricsSaver",
+           "cxrfx.engines.checkpointing.CheckpointSaver"}
+
+
+def test_config_disables_exactly_the_writing_handlers_on_other_ranks():
+    """The overlay disables handlers by position: this holds it to train.json's lists (a reordered list must not
+    silently leave a writer on every rank, or take validation away from some)."""
+    base = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    overlay = json.loads((BUNDLE / "configs" / "multi_gpu_train.json").read_text())
+    for section in ("train", "validate"):
+        handlers = base[section]["handlers"]
+        disabled = {i for i in range(len(handlers)) if overlay.get(f"{section}#handlers#{i}#_disabled_")}
+        writers = {i for i, h in enumerate(handlers) if h["_target_"] in WRITERS}
+        assert disabled == writers and all(overlay[f"{section}#handlers#{i}#_disabled_"] == "@is_not_rank0"
+                                           for i in disabled), section
+    assert overlay["train#checkpoint_saver#_disabled_"] == "@is_not_rank0"
+    assert overlay["validate#dataset#distributed"] is True and overlay["train#dataset#distributed"] is True
+
+
 def test_two_processes_one_writer_sharded_validation_equal_metrics(tmp_path):
     logs = tmp_path / "logs"
     launcher = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
