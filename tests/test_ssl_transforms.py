@@ -92,3 +92,17 @@ def test_tiny_images_do_not_break(size):
     img = _img(size)
     for t in (RandLocalPixelShuffle(1.0), RandInpaint(1.0), RandOutpaint(1.0)):
         assert t.set_random_state(0)(img).shape == img.shape
+
+
+def test_overlapping_shuffle_boxes_apply_in_order():
+    img = np.arange(64, dtype=np.float32).reshape(1, 8, 8)  # distinct values: a pixel's origin is its value
+    shuffle = RandLocalPixelShuffle(1.0, num_blocks=6, max_fraction=0.5).set_random_state(4)
+    out = shuffle(img)
+    last_box = np.full((8, 8), -1)
+    for i, (r, c, h, w) in enumerate(shuffle.blocks):
+        last_box[r:r + h, c:c + w] = i
+    assert np.array_equal(out[0][last_box < 0], img[0][last_box < 0])  # outside every box: unchanged
+    for i, (r, c, h, w) in enumerate(shuffle.blocks):  # inside: a value from the box written last there
+        assert set(out[0][last_box == i].tolist()) <= set(img[0, r:r + h, c:c + w].ravel().tolist())
+    r, c, h, w = shuffle.blocks[-1]  # the last box is whole: a permutation of its region
+    assert np.array_equal(np.sort(out[0, r:r + h, c:c + w].ravel()), np.sort(img[0, r:r + h, c:c + w].ravel()))
