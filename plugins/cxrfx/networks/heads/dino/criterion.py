@@ -46,14 +46,17 @@ class SetCriterion:
     def set_losses(self, out: Mapping, targets: list[dict], indices, num_boxes: float) -> dict[str, torch.Tensor]:
         logits = out["pred_logits"]
         onehot = torch.zeros_like(logits)
+        # every image's (query, target) pairs as one index set (a handful of copies, not a few per image)
+        starts = torch.tensor([0] + [len(t["labels"]) for t in targets[:-1]]).cumsum(0)
         batch = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(logits.device)
         query = torch.cat([q for q, _ in indices]).to(logits.device)
-        labels = torch.cat([t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices)])
-        onehot[batch, query, labels.to(logits.device)] = 1.0
+        target = torch.cat([j + starts[i] for i, (_, j) in enumerate(indices)]).to(logits.device)
+        labels = torch.cat([t["labels"] for t in targets]).to(logits.device)[target]
+        onehot[batch, query, labels] = 1.0
         focal = sigmoid_focal_loss(logits, onehot, gamma=self.cfg["focal_gamma"], alpha=self.cfg["focal_alpha"])
         losses = {"loss_ce": focal.sum() / num_boxes}
         pred = out["pred_boxes"][batch, query]
-        gt = torch.cat([t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices)]).to(pred)
+        gt = torch.cat([t["boxes"] for t in targets]).to(pred)[target]
         if len(gt):
             losses["loss_bbox"] = F.l1_loss(pred, gt, reduction="sum") / num_boxes
             giou = box_pair_giou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(gt))
