@@ -98,7 +98,14 @@ def test_zoo_check_runs_the_zoos_hooks_and_style_checks_offline(tmp_path):
     for top in ("models", "ci"):
         subprocess.run(["cp", "-r", str(layout / top), str(zoo)], check=True)
     subprocess.run(["git", "add", *added], cwd=str(zoo), check=True, capture_output=True)
-    results = run_checks(zoo, name, added, skip_unit_test=True)
+    # a stand-in pytype that fails, saying how it was called (as runtests.sh: -j, this Python's version, the zoo)
+    pytype = tmp_path / "pytype"
+    pytype.write_text('#!/bin/sh\necho "pytype $* in $(pwd)"\nexit 1\n')
+    pytype.chmod(0o755)
+    results = run_checks(zoo, name, added, skip_unit_test=True, pytype=str(pytype))
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert results["pytype"]["ok"] is False
+    assert results["pytype"]["log"].strip() == f"pytype -j {min(os.cpu_count() or 1, 2)} --python-version={version} . in {zoo}"
     for check in ("pre-commit: end-of-file-fixer", "pre-commit: trailing-whitespace",
                   "pre-commit: check-added-large-files", "pre-commit: pretty-format-json", "isort", "black",
                   "verify_bundle (min)", "verify_bundle (full)"):

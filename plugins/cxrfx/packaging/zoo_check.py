@@ -8,8 +8,9 @@ said so in the report), lays out a zoo-shaped folder as a pull request would (``
 
 - ``pre-commit: <hook>``: every hook of the zoo's ``.pre-commit-config.yaml`` from ``pre-commit-hooks`` (its
   console scripts, installed by our test extras, on the files the pull request adds, as pre-commit passes them);
-- ``isort``, ``black``, ``flake8``: the zoo's ``runtests.sh --codeformat`` steps with its settings, on the bundle
-  and its unit test (``pytype`` is not run: not installed, reported as such);
+- ``isort``, ``black``, ``flake8``, ``pytype``: the zoo's ``runtests.sh --codeformat`` steps with its settings, on
+  the bundle and its unit test (pytype on the zoo folder, as the zoo runs it; ``--pytype EXE`` for one installed
+  elsewhere; not run, and reported so, without one);
 - ``verify_bundle (min)`` and ``verify_bundle (full)``: the zoo's ``ci/verify_bundle.py`` (the schema, which its
   ``prepare_schema.py`` would download, comes from the copy we ship; full mode includes ``check_properties``,
   ``verify_net_in_out`` and the TorchScript export by scripting);
@@ -24,7 +25,6 @@ failure's output tail), and prints the table. Exit status 1 when any check faile
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import re
@@ -130,9 +130,11 @@ def _hooks(zoo: Path) -> list[tuple[str, list[str], str]]:
     return found
 
 
-def run_checks(zoo: Path, name: str, added: list[str], skip_unit_test: bool = False) -> dict[str, dict]:
+def run_checks(zoo: Path, name: str, added: list[str], skip_unit_test: bool = False,
+               pytype: str | None = None) -> dict[str, dict]:
     """Every check on bundle ``name`` already unpacked in ``zoo/models/<name>`` (``added``: the pull request's
-    files, zoo-relative). Returns ``{check: {"ok": bool | None, "seconds": s, "log": tail}}``."""
+    files, zoo-relative; ``pytype``: its executable, else this environment's if installed). Returns
+    ``{check: {"ok": bool | None, "seconds": s, "log": tail}}``."""
     results: dict[str, dict] = {}
 
     def record(check: str, ok: bool | None, log: str, seconds: float = 0.0) -> None:
@@ -159,7 +161,17 @@ def run_checks(zoo: Path, name: str, added: list[str], skip_unit_test: bool = Fa
                        ("flake8", [py, "-m", "flake8", *targets, "--count", "--statistics"])):
         ok, log, secs = _run(cmd, zoo)
         record(check, ok, log, secs)
-    record("pytype", None, "not run: pytype is not installed here (the zoo's codeformat job runs it)")
+    # runtests.sh --codeformat's last step, as it runs it: the whole zoo folder with the zoo's pyproject.toml
+    # settings. pytype cannot share an environment with every torch build, so it may come from another one
+    # (--pytype); it must run on this Python's minor version, the one passed to it.
+    pytype = pytype or (_tool("pytype") if shutil.which(_tool("pytype")) else None)
+    if pytype is None:
+        record("pytype", None, "not run: pytype is not installed here (--pytype EXE; the zoo's codeformat job runs it)")
+    else:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        ok, log, secs = _run([pytype, "-j", str(min(os.cpu_count() or 1, 2)), f"--python-version={version}", "."],
+                             zoo)
+        record("pytype", ok, log, secs)
     # 3. verify_bundle.py, min then full (full: properties, net in/out, TorchScript by scripting)
     for mode in ("min", "full"):
         ok, log, secs = _run([py, "ci/verify_bundle.py", "-b", name, "-p", "models", "-m", mode], zoo)
@@ -205,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", nargs="*", default=[], metavar="BUNDLE=FILE",
                    help="trained weights per bundle (default: the network's initial state, as stand-in)")
     p.add_argument("--skip_unit_test", action="store_true")
+    p.add_argument("--pytype", default=None, help="pytype executable (default: this environment's, if installed)")
     a = p.parse_args(argv)
     from cxrfx.packaging import package_bundle
 
@@ -244,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(DEFAULT_SCHEMA, zoo / "models" / name / "eval" / "schema.json")
         print(f"== {bundle_name} ({name}): archive {result.size_bytes / 1e6:.2f} MB, "
               f"large files {[e['path'] for e in result.large_files]}", flush=True)
-        all_results[name] = run_checks(zoo, name, sorted(set(added)), skip_unit_test=a.skip_unit_test)
+        all_results[name] = run_checks(zoo, name, sorted(set(added)), skip_unit_test=a.skip_unit_test,
+                                       pytype=a.pytype)
         all_results[name]["archive MB"] = {"ok": None, "seconds": 0.0, "log": f"{result.size_bytes / 1e6:.2f}"}
         for check, r in all_results[name].items():
             print(f"  {check}: {r['ok']} ({r['seconds']} s)", flush=True)
