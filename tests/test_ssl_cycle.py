@@ -164,3 +164,15 @@ def test_with_ssl_and_refusals(sources):
     handler = LockReleaseHandler(SCHEDULE, _loaders(sources), net)
     with pytest.raises(ConfigError, match="no SSL step"):
         SSLMultiTaskTrainer("cpu", 1, net, build_optimizer(net), handler)
+
+
+def test_bf16_ssl_step_runs(sources):
+    torch.manual_seed(0)
+    net = FoundationX(**NET, cls_heads={"phantom_cls": 5})
+    handler = LockReleaseHandler([{"dataset": "images", "task": "ssl", "iterations": 2}], _loaders(sources), net)
+    ssl = SSLStep(DiRA(net, adversarial=True, queue_size=8, decoder_options={"channels": 16, "psp_channels": 32}))
+    trainer = SSLMultiTaskTrainer("cpu", 1, net, build_optimizer(net), handler, ssl=ssl, amp=True)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.run()
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

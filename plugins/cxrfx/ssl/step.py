@@ -134,8 +134,12 @@ class SSLMultiTaskTrainer(MultiTaskTrainer):
     def __init__(self, *args, ssl: SSLStep | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.ssl = ssl
-        if ssl is None and any(s.task == "ssl" for s in self.lock_release.all_steps):
+        has_ssl = any(s.task == "ssl" for s in self.lock_release.all_steps)
+        if ssl is None and has_ssl:
             raise ConfigError("the schedule has ssl steps but the trainer was given no SSL step (ssl=SSLStep(...))")
+        if has_ssl and isinstance(self.network, torch.nn.parallel.DistributedDataParallel):
+            # the recipes call the unwrapped network, so DDP would not average their gradients across processes
+            raise ConfigError("ssl steps do not support DistributedDataParallel yet: train them in one process")
 
     def _iteration(self, engine, batchdata: Mapping) -> dict:
         if engine.state.cxrfx_step.task == "ssl":
