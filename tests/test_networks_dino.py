@@ -151,8 +151,8 @@ def test_state_dict_round_trip_and_teacher_copy():
     model = _tiny().eval()
     x = torch.rand(1, 1, 96, 96)
     sd = model.state_dict()
-    assert {k.split(".")[0] for k in sd if k.startswith("det")} == {"det_neck", "det_encoder", "det_queries",
-                                                                  "det_heads"}
+    prefixes = {k.split(".")[0] for k in sd if k.startswith("det")}
+    assert prefixes == {"det_neck", "det_encoder", "det_queries", "det_heads"}
     torch.manual_seed(2)
     fresh = _tiny().eval()
     fresh.load_state_dict(sd, strict=True)
