@@ -2,19 +2,16 @@
 deformable decoder layers with iterative box refinement, and the class / box embeddings that give the outputs.
 
 Foundation X gives each localization dataset its own copy of all of this (``transformer.decoder.{k}`` and the
-per-dataset two-stage layers, REFERENCE §1.2); the parameter names here follow the reference so that the key map
-in ``checkpoints.py`` is a renaming of prefixes:
+per-dataset two-stage layers, REFERENCE §1.2); the parameter names here follow the reference so that its key map
+(``fx_keys.py``) is a renaming of prefixes (ours under ``det_heads.<name>.``, the checkpoint's for dataset
+index ``k``):
 
-=============================================  ===================================================
-cxrfx (``det_heads.<name>.``)                  Foundation X checkpoint (``k`` = the dataset's index)
-=============================================  ===================================================
-``memory_proj``                                ``transformer.enc_outputMem_LinearProjection.{k}``
-``enc_output``, ``enc_output_norm``            ``transformer.enc_output.{k}``, ``.enc_output_norm.{k}``
-``enc_out_class_embed``, ``enc_out_bbox_embed`` ``transformer.enc_out_class_embed.{k}``, ``..._bbox_embed.{k}``
-``decoder.layers``, ``.norm``, ``.ref_point_head``  ``transformer.decoder.{k}.layers`` ...
-``decoder.bbox_embed`` (refinement inside)     ``bbox_embed.{k}.*`` (= ``transformer.decoder.{k}.bbox_embed``)
-``class_embed``, ``bbox_embed`` (outputs)      ``class_embed_.{k}.*``, ``bbox_embed_.{k}.*``
-=============================================  ===================================================
+- ``memory_proj``: ``transformer.enc_outputMem_LinearProjection.{k}``;
+- ``enc_output``, ``enc_output_norm``, ``enc_out_class_embed``, ``enc_out_bbox_embed``: ``transformer.<same>.{k}``;
+- ``decoder.layers``, ``decoder.norm``, ``decoder.ref_point_head``: ``transformer.decoder.{k}.<same>``;
+- ``decoder.bbox_embed`` (the refinement inside the decoder): ``bbox_embed.{k}.*`` (=
+  ``transformer.decoder.{k}.bbox_embed``);
+- ``class_embed``, ``bbox_embed`` (the outputs): ``class_embed_.{k}.*``, ``bbox_embed_.{k}.*``.
 """
 
 from __future__ import annotations
