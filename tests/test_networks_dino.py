@@ -15,6 +15,7 @@ from cxrfx.data.phantom import generate_phantom
 from cxrfx.engines import (
     LockReleaseHandler, MultiTaskEvaluator, MultiTaskScore, MultiTaskTrainer, TeacherHandler, build_optimizer,
 )
+from cxrfx.label.acft import network_outputs
 from cxrfx.networks import FoundationX
 from cxrfx.networks.foundation_x import HeadPredictor, parameter_counts
 from cxrfx.networks.heads import get_head_type, registered_heads
@@ -111,6 +112,15 @@ def test_dino_head_type_in_foundation_x():
     first = preds["det/a"][0]
     assert first["boxes"].shape == (10, 4) and first["labels"].max() <= 1 and (first["scores"] <= 1).all()
     assert (first["boxes"][:, 2:] >= first["boxes"][:, :2]).all()
+    # uncertainty scoring reads per-location probabilities: one per encoder token and class, the same positions for
+    # every input (ACFT compares them across augmented copies); the selected queries' logits are among them
+    probs = model.head_type("det").probabilities(out)[0]
+    assert probs.shape == (2, 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2, 2)
+    top = out["token_logits"].max(-1)[0].topk(20, dim=1)[1]
+    picked = torch.gather(out["token_logits"], 1, top[..., None].expand(-1, -1, 2))
+    assert torch.allclose(picked, out["interm_outputs"]["pred_logits"], atol=1e-6)
+    copies = network_outputs(model, x[:1])
+    assert [tuple(c.shape) for c in copies] == [(4, 340 * 3)]  # det: the 4 unshifted copies, both heads
     counts = parameter_counts(model)
     assert counts["det_neck"] > 0 and counts["det_encoder"] > 0 and counts["det_queries"] == 20 * 32 + 101 * 32
 

@@ -146,7 +146,7 @@ class DINODecoderHead(nn.Module):
     def select_queries(self, memory: torch.Tensor, shapes):
         """Two-stage selection: the ``num_queries`` tokens whose best class logit is highest give the initial
         reference boxes (detached). Returns (refpoints unsigmoided, the selected tokens' class logits and sigmoid
-        boxes for the intermediate loss)."""
+        boxes for the intermediate loss, every token's class logits)."""
         out_memory, proposals = encoder_proposals(memory, shapes)
         out_memory = self.enc_output_norm(self.enc_output(out_memory))
         logits = self.enc_out_class_embed(out_memory)
@@ -156,7 +156,7 @@ class DINODecoderHead(nn.Module):
         ref = torch.gather(boxes_unsig, 1, top.unsqueeze(-1).expand(-1, -1, 4))
         interm = {"pred_logits": self.enc_out_class_embed(torch.gather(
             out_memory, 1, top.unsqueeze(-1).expand(-1, -1, self.d_model))), "pred_boxes": ref.sigmoid()}
-        return ref.detach(), interm
+        return ref.detach(), interm, logits
 
     def decode(self, tgt, refpoints_unsigmoid, memory, shapes, self_attn_mask=None):
         """Decoder + output embeddings: per layer (B, Q, K) logits and (B, Q, 4) sigmoid (cx, cy, w, h) boxes."""
@@ -168,12 +168,14 @@ class DINODecoderHead(nn.Module):
     def forward(self, levels: list[torch.Tensor], tgt_embed: torch.Tensor) -> dict:
         """Memory levels (B, C, H, W) and the shared query content embedding (Q, C) -> raw output:
         ``pred_logits`` (B, Q, K), ``pred_boxes`` (B, Q, 4) of the last layer, ``aux_outputs`` of the others,
-        ``interm_outputs`` of the query selection, ``hidden`` (L, B, Q, C)."""
+        ``interm_outputs`` of the query selection, ``token_logits`` (B, S, K): the selection's class logits of every
+        encoder token (one per location of the four levels, like a dense head's anchors), ``hidden`` (L, B, Q, C)."""
         shapes = level_shapes(levels)
         memory = self.memory_proj(flatten_levels(levels))
-        ref, interm = self.select_queries(memory, shapes)
+        ref, interm, token_logits = self.select_queries(memory, shapes)
         tgt = tgt_embed[: ref.shape[1]].unsqueeze(0).expand(memory.shape[0], -1, -1)
         logits, boxes, hidden = self.decode(tgt, ref, memory, shapes)
         return {"pred_logits": logits[-1], "pred_boxes": boxes[-1],
                 "aux_outputs": [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])],
-                "interm_outputs": interm, "hidden": torch.stack(hidden), "memory": memory, "shapes": shapes}
+                "interm_outputs": interm, "token_logits": token_logits, "hidden": torch.stack(hidden),
+                "memory": memory, "shapes": shapes}

@@ -18,9 +18,10 @@ localization lock rule (trunk and encoder frozen; decoder and two-stage layers t
 item 1) — are frozen in Lock and train in Release.
 
 Raw output: ``{"pred_logits" (B, Q, K), "pred_boxes" (B, Q, 4) normalised (cx, cy, w, h), "aux_outputs",
-"interm_outputs", "hidden", "memory", "shapes"}``; the decoder turns it into the detection prediction form (boxes
-``[r1, c1, r2, c2]`` pixels, 0-based labels, scores): DINO's top-``num_select`` over queries x classes, no NMS
-unless ``nms_thresh`` is set.
+"interm_outputs", "token_logits", "hidden", "memory", "shapes"}``; the decoder turns it into the detection
+prediction form (boxes ``[r1, c1, r2, c2]`` pixels, 0-based labels, scores): DINO's top-``num_select`` over
+queries x classes, no NMS unless ``nms_thresh`` is set. ``probabilities`` (uncertainty scoring for MONAI Label) are
+the query selection's per-token class probabilities, at fixed locations.
 
 Differences from the reference, deliberate: the denoising queries run in their own decoder pass (each group sees
 only itself; in the reference they also read the matching queries, which never read them — so the matching
@@ -180,4 +181,7 @@ class DINOHeads(DetectionHeadType):
         return _Decoder(settings)
 
     def probabilities(self, out):
-        return [torch.sigmoid(out["pred_logits"].float())]
+        # per location, not per query: the queries are re-selected for every input, so the i-th query of two
+        # augmented copies (ACFT) or two dropout samples (epistemic scoring) is not the same object; the selection
+        # scores every encoder token, at fixed positions, as a dense head scores its anchors
+        return [torch.sigmoid(out["token_logits"].float())]
