@@ -44,7 +44,7 @@ class SetCriterion:
                                         c["focal_gamma"])
 
     def set_losses(self, out: Mapping, targets: list[dict], indices, num_boxes: float) -> dict[str, torch.Tensor]:
-        logits = out["pred_logits"]
+        logits = out["pred_logits"].float()  # the loss in fp32 also under bf16 autocast
         onehot = torch.zeros_like(logits)
         # every image's (query, target) pairs as one index set (a handful of copies, not a few per image)
         starts = torch.tensor([0] + [len(t["labels"]) for t in targets[:-1]]).cumsum(0)
@@ -55,7 +55,7 @@ class SetCriterion:
         onehot[batch, query, labels] = 1.0
         focal = sigmoid_focal_loss(logits, onehot, gamma=self.cfg["focal_gamma"], alpha=self.cfg["focal_alpha"])
         losses = {"loss_ce": focal.sum() / num_boxes}
-        pred = out["pred_boxes"][batch, query]
+        pred = out["pred_boxes"][batch, query].float()
         gt = torch.cat([t["boxes"] for t in targets]).to(pred)[target]
         if len(gt):
             losses["loss_bbox"] = F.l1_loss(pred, gt, reduction="sum") / num_boxes
