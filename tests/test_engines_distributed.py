@@ -1,7 +1,8 @@
 """Multi-process training of the foundation_x bundle with torchrun on CPU (gloo): the same configs run on GPUs
 (NCCL). One machine with two processes, then two "nodes" of one process each (c10d rendezvous on 127.0.0.1), one
-of them killed and the job resumed. Each rank writes what it saw (metrics, shard sizes, whether it has a
-checkpoint saver) through a test-only config appended to ``run``.
+of them killed and the job resumed: it ends with the same metrics as the run that was not interrupted. Each rank
+writes what it saw (metrics, shard sizes, whether it has a checkpoint saver) through a test-only config appended
+to ``run``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrfx.engines.checkpointing import RNGStates
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "foundation_x"
-# 20 phantom images per dataset: 3 validation images each, so both ranks have a validation shard (2 + 1)
-TINY = {"epochs": 1, "phantom_count": 20, "phantom_size": 64, "image_size": 64, "batch_size": 2}
+# 20 phantom images per dataset: 3 validation images each, so both ranks have a validation shard (2 + 1); 3 passes
+# of 24 iterations, a checkpoint every 4, validation after the last pass
+TINY = {"epochs": 3, "phantom_count": 20, "phantom_size": 64, "image_size": 64, "batch_size": 2,
+        "checkpoint_interval": 4, "val_interval": 3}
 # what each rank saw, written after training (test-only: the bundle itself has nothing rank-specific to print)
 REPORT = {
     "+imports": ["$import json"],
@@ -70,6 +75,21 @@ def _rank_log(log_dir: Path, rank: int) -> str:
     return "".join(p.read_text() for p in log_dir.glob(f"**/attempt_*/{rank}/std*.log"))
 
 
+def test_rng_states_give_each_rank_its_own_streams(monkeypatch):
+    """A multi-process checkpoint holds every rank's random states (gathered when rank 0 saves); each rank loads
+    its own (``RANK``: torchrun's, read before a process group exists)."""
+    states = RNGStates()
+    torch.manual_seed(1)
+    own = [states.state_dict()]
+    torch.manual_seed(2)
+    own.append(states.state_dict())
+    saved = {**own[0], "ranks": own}
+    for rank in (1, 0):
+        monkeypatch.setenv("RANK", str(rank))
+        states.load_state_dict(saved)
+        assert torch.equal(torch.get_rng_state(), own[rank]["torch"])
+
+
 # handlers that write files or logs: on rank 0 only
 WRITERS = {"ignite.handlers.ProgressBar", "StatsHandler", "TensorBoardStatsHandler", "MetricsSaver",
            "cxrfx.engines.checkpointing.CheckpointSaver"}
@@ -90,22 +110,32 @@ def test_config_disables_exactly_the_writing_handlers_on_other_ranks():
     assert overlay["validate#dataset#distributed"] is True and overlay["train#dataset#distributed"] is True
 
 
-def test_two_processes_one_writer_sharded_validation_equal_metrics(tmp_path):
-    logs = tmp_path / "logs"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Two processes on one machine, not interrupted: (bundle root, rank 0's log, rank 1's log)."""
+    root = tmp_path_factory.mktemp("two_processes")
+    logs = root / "logs"
     launcher = ["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
                 "--log_dir", str(logs), "--redirects", "3"]
-    proc = subprocess.run(_command(tmp_path, launcher), capture_output=True, text=True, timeout=600, cwd=str(BUNDLE),
+    proc = subprocess.run(_command(root, launcher), capture_output=True, text=True, timeout=600, cwd=str(BUNDLE),
                           env=_env())
     rank0, rank1 = _rank_log(logs, 0), _rank_log(logs, 1)
     assert proc.returncode == 0, proc.stderr[-2000:] + rank0[-2000:] + rank1[-2000:]
-    first, second = _reports(tmp_path)
+    return root, rank0, rank1
+
+
+def test_two_processes_one_writer_sharded_validation_equal_metrics(uninterrupted):
+    root, rank0, rank1 = uninterrupted
+    first, second = _reports(root)
     # one writer: only rank 0 has a checkpoint saver, and every event file is rank 0's
     assert first["has_saver"] and not second["has_saver"]
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["last.pt", "model.pt"]
-    events = list((tmp_path / "eval").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (root / "models").iterdir()) == [
+        "checkpoint_iteration=64.pt", "checkpoint_iteration=68.pt", "checkpoint_iteration=72.pt", "last.pt",
+        "model.pt"]
+    events = list((root / "eval").glob("events.out.tfevents.*"))
     assert events and {p.name.split(".")[-2] for p in events} == {str(first["pid"])}
     # one log: rank 0 logs training and validation, rank 1 only warnings once the process group is up
-    assert "MultiTaskTrainer - INFO - Epoch[1] Complete" in rank0 and "val_mean_teacher" in rank0
+    assert "MultiTaskTrainer - INFO - Epoch[3] Complete" in rank0 and "val_mean_teacher" in rank0
     assert "Epoch[" not in rank1 and "val_mean_teacher" not in rank1
     # validation sharded: disjoint shards covering the split (3 images per source: 2 on rank 0, 1 on rank 1) ...
     assert all(first["shards"][k] == 2 and second["shards"][k] == 1 for k in first["shards"])
@@ -158,8 +188,8 @@ def _stop(*procs: subprocess.Popen) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds a node's worker processes through /proc")
-def test_two_nodes_resume_after_one_node_is_killed(tmp_path):
-    overrides = {"epochs": 3, "checkpoint_interval": 4, "val_interval": 3, "resume_from": "auto"}
+def test_two_nodes_resume_after_one_node_is_killed(tmp_path, uninterrupted):
+    overrides = {"resume_from": "auto"}
     models = tmp_path / "models"
     port = _free_port()
     nodes = [_launch_node(tmp_path, port, "first", tmp_path / f"node{n}.log", **overrides) for n in range(2)]
@@ -175,7 +205,7 @@ def test_two_nodes_resume_after_one_node_is_killed(tmp_path):
         _stop(*nodes)
     saved = torch.load(sorted(models.glob("checkpoint_*.pt"), key=os.path.getmtime)[-1], weights_only=True)
     done = saved["trainer"]["iteration"]
-    total = overrides["epochs"] * saved["trainer"]["epoch_length"]
+    total = TINY["epochs"] * saved["trainer"]["epoch_length"]
     assert 0 < done < total
     # the same command on both nodes again: resume_from auto picks the newest complete checkpoint
     port = _free_port()
@@ -191,3 +221,6 @@ def test_two_nodes_resume_after_one_node_is_killed(tmp_path):
     assert final["trainer"]["iteration"] == total
     first, second = _reports(tmp_path)
     assert first["iteration"] == second["iteration"] == total and _same(first["metrics"], second["metrics"])
+    # exact resume across ranks: the same metrics, to the last bit, as the run that was not interrupted (every
+    # rank's teacher is rank 0's, and every rank's random streams come back from the checkpoint)
+    assert _same(first["metrics"], _reports(uninterrupted[0])[0]["metrics"])

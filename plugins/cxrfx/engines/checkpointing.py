@@ -27,9 +27,11 @@ import torch
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 from monai.utils import optional_import
 
+from cxrfx.engines.distributed import all_gather_objects, is_distributed, rank
 from cxrfx.errors import CheckpointError
 
 Checkpoint, _ = optional_import("ignite.handlers", name="Checkpoint")
+Events, _ = optional_import("ignite.engine", name="Events")
 DiskSaver, _ = optional_import("ignite.handlers", name="DiskSaver")
 
 __all__ = ["resume", "latest_checkpoint", "RNGStates", "CheckpointSaver", "AtomicDiskSaver", "training_state",
@@ -126,9 +128,35 @@ class CheckpointSaver(_MonaiCheckpointSaver):
 
 class RNGStates:
     """The global random generators as a checkpoint object (``state_dict`` / ``load_state_dict``), stored as
-    tensors and numbers so ``torch.load(weights_only=True)`` reads them back."""
+    tensors and numbers so ``torch.load(weights_only=True)`` reads them back.
+
+    Multi-process runs save on rank 0 only, but every rank has streams of its own: seeded alike, they stay equal
+    only while every rank draws the same numbers (drop-path does), not once draws depend on the data (a
+    detector's box sampler). :meth:`attach` gathers all ranks' states whenever the checkpoint saver saves, the
+    checkpoint holds them under ``"ranks"``, and on resume each rank takes its own back.
+    """
+
+    def __init__(self):
+        self.ranks: list | None = None  # every rank's states at the last save (multi-process runs, see attach)
+
+    def attach(self, engine, every: int) -> None:
+        """Gather every rank's states at the events the trainer's checkpoint saver saves at (every ``every``
+        iterations, and at the end). Attach on every rank (it is a collective), before the saver."""
+        if every:  # the saver's save_interval (none: only the final save)
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=every), self.gather)
+        engine.add_event_handler(Events.COMPLETED, self.gather)
+
+    def gather(self, _engine=None) -> None:
+        if is_distributed():
+            self.ranks = all_gather_objects(self._own())
 
     def state_dict(self) -> dict:
+        state = self._own()
+        if self.ranks is not None:
+            state["ranks"] = self.ranks
+        return state
+
+    def _own(self) -> dict:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         version, python_state, gauss_next = random.getstate()
         state = {
@@ -143,6 +171,9 @@ class RNGStates:
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
+        ranks = state.get("ranks")
+        if ranks is not None and rank() < len(ranks):  # a multi-process checkpoint: this rank's own streams
+            state = ranks[rank()]
         torch.set_rng_state(state["torch"])
         n = state["numpy"]
         np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],

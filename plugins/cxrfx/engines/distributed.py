@@ -22,8 +22,11 @@ from monai.utils import optional_import
 from torch import nn
 
 idist, _ = optional_import("ignite.distributed")
+Events, _ = optional_import("ignite.engine", name="Events")
 
-__all__ = ["setup", "rank", "world_size", "is_distributed", "all_gather_objects", "broadcast_buffers"]
+__all__ = ["setup", "rank", "world_size", "is_distributed", "all_gather_objects", "broadcast_buffers", "BufferSync"]
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def is_distributed() -> bool:
@@ -76,8 +79,9 @@ def all_gather_objects(obj) -> list:
     return out
 
 
-def broadcast_buffers(modules: Iterable[nn.Module | None], src: int = 0) -> None:
-    """Copy rank ``src``'s buffers (BatchNorm running statistics, ...) of each module to every rank.
+def broadcast_buffers(modules: Iterable[nn.Module | None], src: int = 0, norm_only: bool = False) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics, ...) of each module to every rank
+    (``norm_only``: those of BatchNorm layers alone, the ones training changes).
 
     DDP broadcasts buffers at the start of each forward, and each rank then updates them with its own batch,
     so after training the ranks' buffers differ slightly; the weights are the same on every rank."""
@@ -87,5 +91,28 @@ def broadcast_buffers(modules: Iterable[nn.Module | None], src: int = 0) -> None
         if module is None:
             continue
         module = module.module if hasattr(module, "module") else module
-        for buffer in module.buffers():
-            dist.broadcast(buffer.data, src)
+        owners = [m for m in module.modules() if isinstance(m, _NORMS)] if norm_only else [module]
+        for owner in owners:
+            for buffer in owner.buffers():
+                dist.broadcast(buffer.data, src)
+
+
+class BufferSync:
+    """Handler: after every iteration, give every rank rank 0's BatchNorm statistics of ``module``.
+
+    For the EMA teacher: it copies (``buffers="copy"``) the statistics of its own rank's student, which each rank
+    updates with its own batch, so without this every rank would have a slightly different teacher while the
+    checkpoints hold rank 0's, and a resumed run would not continue the other ranks' teachers. With it there is
+    one teacher, rank 0's, as DDP makes rank 0's the student's statistics at each forward. Attach after the
+    teacher's handler (in ``run``, after the trainer is built) and before the checkpoint saver. A collective:
+    attach it on every rank. Costs one broadcast of the normalisation buffers per iteration.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine=None) -> None:
+        broadcast_buffers([self.module], norm_only=True)
