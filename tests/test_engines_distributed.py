@@ -148,7 +148,8 @@ def test_two_processes_one_writer_sharded_validation_equal_metrics(uninterrupted
 
 def _launch_node(root: Path, port: int, run_id: str, log: Path, **overrides) -> subprocess.Popen:
     launcher = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
-                f"127.0.0.1:{port}", "--rdzv_id", run_id, "--max_restarts", "0"]
+                f"127.0.0.1:{port}", "--rdzv_id", run_id, "--max_restarts", "0",
+                "--local_addr", "127.0.0.1"]  # not the host name, which need not resolve on a CI machine
     return subprocess.Popen(_command(root, launcher, **overrides), stdout=log.open("w"), stderr=subprocess.STDOUT,
                             cwd=str(BUNDLE), env=_env())
 
