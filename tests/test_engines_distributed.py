@@ -90,24 +90,30 @@ def test_rng_states_give_each_rank_its_own_streams(monkeypatch):
         assert torch.equal(torch.get_rng_state(), own[rank]["torch"])
 
 
-# handlers that write files or logs: on rank 0 only
-WRITERS = {"ignite.handlers.ProgressBar", "StatsHandler", "TensorBoardStatsHandler", "MetricsSaver",
+# handlers that write files or logs: on rank 0 only (MONAI's MetricsSaver is not one of them: it gathers from every
+# rank and writes on rank 0 itself, so it runs on every rank)
+WRITERS = {"ignite.handlers.ProgressBar", "StatsHandler", "TensorBoardStatsHandler",
            "cxrfx.engines.checkpointing.CheckpointSaver"}
 
 
-def test_config_disables_exactly_the_writing_handlers_on_other_ranks():
-    """The overlay disables handlers by position: this holds it to train.json's lists (a reordered list must not
-    silently leave a writer on every rank, or take validation away from some)."""
-    base = json.loads((BUNDLE / "configs" / "train.json").read_text())
-    overlay = json.loads((BUNDLE / "configs" / "multi_gpu_train.json").read_text())
-    for section in ("train", "validate"):
-        handlers = base[section]["handlers"]
+@pytest.mark.parametrize("base_name, overlay_name, sections", [
+    ("train.json", "multi_gpu_train.json", ("train", "validate")),
+    ("evaluate.json", "multi_gpu_evaluate.json", ("validate",))])
+def test_config_disables_exactly_the_writing_handlers_on_other_ranks(base_name, overlay_name, sections):
+    """The overlays disable handlers by position: this holds them to the base configs' lists (a reordered list must
+    not silently leave a writer on every rank, or take validation or a weights loader away from some)."""
+    base = json.loads((BUNDLE / "configs" / base_name).read_text())
+    overlay = json.loads((BUNDLE / "configs" / overlay_name).read_text())
+    for section in sections:
+        handlers = base[f"{section}#handlers"] if f"{section}#handlers" in base else base[section]["handlers"]
         disabled = {i for i in range(len(handlers)) if overlay.get(f"{section}#handlers#{i}#_disabled_")}
         writers = {i for i, h in enumerate(handlers) if h["_target_"] in WRITERS}
         assert disabled == writers and all(overlay[f"{section}#handlers#{i}#_disabled_"] == "@is_not_rank0"
                                            for i in disabled), section
-    assert overlay["train#checkpoint_saver#_disabled_"] == "@is_not_rank0"
-    assert overlay["validate#dataset#distributed"] is True and overlay["train#dataset#distributed"] is True
+    assert overlay["validate#dataset#distributed"] is True
+    if "train" in sections:
+        assert overlay["train#checkpoint_saver#_disabled_"] == "@is_not_rank0"
+        assert overlay["train#dataset#distributed"] is True
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +150,32 @@ def test_two_processes_one_writer_sharded_validation_equal_metrics(uninterrupted
     scores = first["metrics"]["scores"]
     assert {"teacher/seg/phantom_seg/dice_fx", "student/det/phantom_det/ap50"} <= set(scores)
     assert first["metrics"]["val_mean_teacher"] == scores["teacher/mean"]
+
+
+def _evaluate(root: Path, launcher: list[str], configs: list[str], out: Path) -> str:
+    """evaluate.json on ``root``'s last.pt, metrics written by MetricsSaver to ``out``; returns metrics.csv."""
+    args = [sys.executable, *launcher, "-m", "monai.bundle", "run",
+            "--config_file", json.dumps([str(BUNDLE / "configs" / n) for n in configs]),
+            "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(root),
+            "--output_dir", json.dumps(str(out))]
+    for key, value in TINY.items():
+        args += [f"--{key}", json.dumps(value)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=str(BUNDLE), env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return (out / "metrics.csv").read_text()
+
+
+def test_multi_gpu_evaluate_equals_one_process(uninterrupted):
+    """multi_gpu_evaluate.json: each rank scores its shard, the metrics of the gathered predictions are those of
+    one process scoring the whole split; rank 0 alone writes them."""
+    root = uninterrupted[0]
+    configs = ["train.json", "demo.json", "evaluate.json"]
+    one = _evaluate(root, [], configs, root / "eval_one")
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port())]
+    two = _evaluate(root, launcher, [*configs, "multi_gpu_evaluate.json"], root / "eval_two")
+    assert "val_mean_teacher" in one and two == one
+    assert sorted(p.name for p in (root / "eval_two").iterdir()) == ["metrics.csv"]
 
 
 def _launch_node(root: Path, port: int, run_id: str, log: Path, **overrides) -> subprocess.Popen:
