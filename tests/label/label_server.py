@@ -18,9 +18,26 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLUGINS = os.path.join(REPO, "plugins")
+
+
+def apt_install(packages: list[str], what: str) -> None:
+    """Install Debian packages a test needs (root, apt-get; ``apt-get update`` once if the first try fails), or
+    skip the test with the reason when that is impossible here."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{what} is not installed and cannot be: not root or no apt-get "
+                    f"(apt-get install -y {' '.join(packages)})")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", *packages]
+    proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+        proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        pytest.skip(f"{what} cannot be installed here: apt-get exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
 
 
 def free_port() -> int:

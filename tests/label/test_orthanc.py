@@ -12,10 +12,9 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
-from label_server import Server, free_port, http, multipart, read_json, start_label_server
+from label_server import Server, apt_install, free_port, http, multipart, read_json, start_label_server
 
 PLUGIN_DIRS = ["/usr/share/orthanc/plugins", "/usr/lib/orthanc"]
 
@@ -24,18 +23,7 @@ def _orthanc_binary() -> str:
     found = shutil.which("Orthanc") or (os.path.exists("/usr/sbin/Orthanc") and "/usr/sbin/Orthanc")
     if found and _dicomweb_plugin():
         return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("Orthanc is not installed and cannot be: not root or no apt-get "
-                    "(apt-get install -y orthanc orthanc-dicomweb)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    proc = subprocess.run(["apt-get", "install", "-y", "-q", "orthanc", "orthanc-dicomweb"], env=env,
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        proc = subprocess.run(["apt-get", "install", "-y", "-q", "orthanc", "orthanc-dicomweb"], env=env,
-                              capture_output=True, text=True, timeout=900)
-    if proc.returncode:
-        pytest.skip(f"Orthanc cannot be installed here: apt-get exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    apt_install(["orthanc", "orthanc-dicomweb"], "Orthanc")
     return shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
 

@@ -129,7 +129,7 @@ class RadiographDICOMwebDatastore(DICOMWebDatastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict, label_id: str = ""):
         """Keep the label locally; a segmentation label (index-map image) also goes to the server as DICOM SEG."""
         image_dir = self.get_image_uri(image_id)
-        if label_filename.lower().endswith((".png", ".nii.gz", ".nii")):
+        if label_filename.lower().endswith((".png", ".nrrd", ".nii.gz", ".nii")):
             seg_uid = self._store_seg(self._instance(image_dir), label_filename, label_tag)
             label_info = dict(label_info or {}, SeriesInstanceUID=seg_uid)
         return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
@@ -143,8 +143,9 @@ class RadiographDICOMwebDatastore(DICOMWebDatastore):
         index = _read_index_map(label_file)
         masks = {name: index == k + 1 for k, name in enumerate(self.classes)}
         what = ANNOTATION if label_tag == DefaultLabelTag.FINAL else MODEL_OUTPUT
+        tag = getattr(label_tag, "value", label_tag)  # MONAI Label's default is the enum: "original", not its repr
         with tempfile.TemporaryDirectory() as tmp:
-            path = write_dicom_seg(source, masks, os.path.join(tmp, "seg.dcm"), series_description=f"{what} ({label_tag})")
+            path = write_dicom_seg(source, masks, os.path.join(tmp, "seg.dcm"), series_description=f"{what} ({tag})")
             ds = pydicom.dcmread(path)
             self._client.store_instances([ds])
         logger.info(f"DICOM SEG {ds.SeriesInstanceUID} ({what}) stored for {source}")
@@ -152,7 +153,11 @@ class RadiographDICOMwebDatastore(DICOMWebDatastore):
 
 
 def _read_index_map(path: str) -> np.ndarray:
-    """An index-map label (PNG or NIfTI) as an (H, W) integer array in the image's orientation."""
+    """An index-map label (PNG, NRRD or NIfTI) as an (H, W) integer array in the image's orientation."""
+    if path.lower().endswith(".nrrd"):  # an inference result OHIF asked for (save_label)
+        from cxrfx.label.infer import read_nrrd
+
+        return read_nrrd(path).astype(np.int64)
     if path.lower().endswith(".png"):
         from PIL import Image
 

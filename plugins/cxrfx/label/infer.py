@@ -8,7 +8,8 @@ name. Reading, resizing and mapping back to the original pixels are cxrfx's (``c
 
 Results (coordinates of the original image; x = column):
 
-- segmentation: an 8-bit index-map PNG of the image's size (value k = ``labels[k-1]``, 0 = background; where
+- segmentation: an 8-bit index-map PNG (a raw NRRD with ``result_extension: ".nrrd"``, as OHIF asks) of the image's
+  size (value k = ``labels[k-1]``, 0 = background; where
   classes overlap the later class in the list is drawn on top), and JSON ``{"labels": {name: k}, "pixels":
   {name: count}, "mean_probability": {name: p}, "image_size": [H, W]}``; for DICOM inputs and the request parameter ``dicom_seg: "true"`` also
   a BINARY DICOM SEG (highdicom) on the server (``<served bundle>/outputs/dicom_seg/<image>.seg.dcm``, one per
@@ -43,6 +44,26 @@ __all__ = ["CXRInferTask", "SegmentationTask", "DetectionTask", "ClassificationT
 
 logger = logging.getLogger(__name__)
 BOX_FORMAT = "cxrfx-boxes-v1"
+
+
+def write_nrrd(index: np.ndarray, path: str) -> None:
+    """An (H, W) uint8 index map as a raw NRRD; NRRD lists the fastest axis first, so C order is "W H"."""
+    header = (f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: {index.shape[1]} {index.shape[0]}\n"
+              "encoding: raw\n\n")
+    with open(path, "wb") as f:
+        f.write(header.encode() + np.ascontiguousarray(index, np.uint8).tobytes())
+
+
+def read_nrrd(path: str) -> np.ndarray:
+    """The (H, W) array of a file :func:`write_nrrd` wrote."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    head, data = raw.split(b"\n\n", 1)
+    fields = dict(line.split(": ", 1) for line in head.decode().splitlines()[1:] if ": " in line)
+    if fields.get("type") != "uint8" or fields.get("encoding") != "raw" or fields.get("dimension") != "2":
+        raise ValueError(f"{path}: not a raw 2D uint8 NRRD")
+    w, h = (int(v) for v in fields["sizes"].split())
+    return np.frombuffer(data, np.uint8, count=w * h).reshape(h, w)
 
 
 class CXRInferTask(InferTask):
@@ -121,8 +142,13 @@ class SegmentationTask(CXRInferTask):
         index = np.zeros(original.shape, np.uint8)
         for k, m in enumerate(masks):
             index[m] = k + 1
-        out = tempfile.NamedTemporaryFile(suffix=".png", prefix="cxrfx_seg_", delete=False).name
-        Image.fromarray(index).save(out)
+        # OHIF's MONAI Label panel asks for ".nrrd" and parses the reply with nrrd-js: a PNG would not display
+        nrrd = str(request.get("result_extension", "")).lower() == ".nrrd"
+        out = tempfile.NamedTemporaryFile(suffix=".nrrd" if nrrd else ".png", prefix="cxrfx_seg_", delete=False).name
+        if nrrd:
+            write_nrrd(index, out)
+        else:
+            Image.fromarray(index).save(out)
         result = {"labels": {c: i + 1 for i, c in enumerate(self.classes)},
                   "pixels": {c: int(m.sum()) for c, m in zip(self.classes, masks)},
                   "mean_probability": {c: round(float(p.mean()), 6) for c, p in zip(self.classes, probs)}}
