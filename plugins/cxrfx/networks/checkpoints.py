@@ -50,6 +50,12 @@ __all__ = ["load_checkpoint", "LoadReport", "FX_CLASSIFICATION_HEADS", "FX_SEGME
            "FX_LOCALIZATION_HEADS", "FX_LOCALIZATION_OPTIONS",
            "FX_INPUT_CONTRACT", "NORMALIZATIONS", "read_state_dict", "foundation_x_layout"]
 
+# The Swin window rule of each source's own forward (SwinTransformer.shift_rule); cxrfx files keep the model's.
+_SHIFT_RULE = {"ark": "timm", "foundation_x": "always"}
+_SHIFT_RULE_WHY = {"timm": "timm 0.5, as Ark: no window shift, window shrunk, where the map's shorter side fits in "
+                           "one window",
+                   "always": "the detection Swin of Foundation X: every other block shifts, small maps padded"}
+
 # Foundation X's classification_heads index -> dataset (REFERENCE §1.3, code order).
 FX_CLASSIFICATION_HEADS = ("tbx11k", "node21", "candid_ptx", "rsna_pneumonia", "chestx_det", "siim_acr",
                            "chexpert", "nih14", "vindr_cxr", "shenzhen", "mimic_cxr_jpg")
@@ -442,10 +448,15 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, source: str
         contracts = task_normalization if task_normalization is not None else (
             FX_INPUT_CONTRACT if detected == "foundation_x" else {})
         contract_keys = _install_task_contracts(model, *folded, default, contracts, report)
+    # the window rule is no tensor: set it for the source's own forward. Ark trained timm 0.5's classification Swin
+    # (no shift, window shrunk, where a map fits in one window: stage 4 at 224 px); Foundation X's trunk is the
+    # DINO detection Swin (swin_transformer_CyclicSegmentation.py: every odd block shifts, small maps are padded),
+    # although its weights started from Ark's
     backbone = getattr(model, "backbone", None)
-    if detected == "ark" and getattr(backbone, "shift_rule", "timm") != "timm":
-        backbone.shift_rule = "timm"  # Ark's timm 0.5 Swin does not shift a stage that fits in one window
-        report.adapted.append("backbone.shift_rule: 'timm' (no window shift where one window covers the map)")
+    rule = _SHIFT_RULE.get(detected)
+    if rule is not None and getattr(backbone, "shift_rule", rule) != rule:
+        backbone.shift_rule = rule
+        report.adapted.append(f"backbone.shift_rule: {rule!r} ({_SHIFT_RULE_WHY[rule]})")
     report.loaded = sorted([*ready, *contract_keys])
     # the model's own standardisation constants are not weights: a 3-channel source's fold accounts for them
     own_constants = ("input_mean", "input_std") if folded is not None and adapt == "fold" else ()

@@ -60,11 +60,14 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-def relative_position_index(window: int) -> torch.Tensor:
-    """(window², window²) index into the ((2w-1)², heads) bias table, as in Swin v1."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
-    return rel[:, :, 0] * (2 * window - 1) + rel[:, :, 1]
+def relative_position_index(window: int, table_window: int = -1,
+                            device: torch.device | None = None) -> torch.Tensor:
+    """(window², window²) index into the ((2t-1)², heads) bias table of a ``table_window`` t (default: ``window``),
+    as in Swin v1. A window smaller than the table's reads the entries of its own offsets (the table's centre)."""
+    t = window if table_window < 0 else table_window
+    i = torch.arange(window * window, device=device)
+    row, col = torch.div(i, window, rounding_mode="floor"), i % window
+    return (row[:, None] - row[None, :] + (t - 1)) * (2 * t - 1) + (col[:, None] - col[None, :] + (t - 1))
 
 
 def _jit_unused(fn):
@@ -96,14 +99,18 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows; mask: (nW, N, N) additive or None."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, window: int = -1) -> torch.Tensor:
+        """x: (B, nW, N, C) windows of side ``window`` (default: the built one); mask: (nW, N, N) additive or None."""
         b, nw, n, c = x.shape
+        if window < 0 or window == self.window:
+            index = self.relative_position_index
+        else:  # a window shrunk to a small map (timm 0.5 rule): the same offsets' entries of the learned table
+            index = relative_position_index(window, self.window, self.relative_position_bias_table.device)
         qkv = self.qkv(x).reshape(b * nw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         # (B*nW, heads, N, hd) attention with a (B*nW, heads, N, N) mask: the layout torch.export / ONNX
         # handle for every size (5D or batch-folded-into-heads layouts break on size-1 dims when exported).
         q, k, v = (t.reshape(b * nw, self.num_heads, n, -1) for t in qkv.unbind(0))
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+        bias = self.relative_position_bias_table[index.reshape(-1)]
         bias = bias.reshape(n, n, self.num_heads).permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
         attn_mask = bias if mask is None else (bias + mask.unsqueeze(1)).repeat(b, 1, 1, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype),
@@ -127,10 +134,11 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int], mask: torch.Tensor | None,
-                shifted: bool = True) -> torch.Tensor:
+                shifted: bool = True, window: int = -1) -> torch.Tensor:
+        """``shifted=False`` / ``window``: the stage's timm 0.5 rule (no shift; the window shrunk to the map)."""
         h, w = hw
         b, _, c = x.shape
-        ws = self.window
+        ws = self.window if window < 0 else window
         shift = self.shift if shifted else 0
         shortcut = x
         x = self.norm1(x).reshape(b, h, w, c)
@@ -141,7 +149,7 @@ class SwinTransformerBlock(nn.Module):
         if shift:
             x = torch.roll(x, (-shift, -shift), dims=(1, 2))
         windows = x.reshape(b, hp // ws, ws, wp // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, -1, ws * ws, c)
-        windows = self.attn(windows, mask if shift else None)
+        windows = self.attn(windows, mask if shift else None, ws)
         x = windows.reshape(b, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
         if shift:
             x = torch.roll(x, (shift, shift), dims=(1, 2))
@@ -203,25 +211,28 @@ class BasicLayer(nn.Module):
         self.downsample = PatchMerging(dim) if downsample else None
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        ws = self.window
+        ws, shifted = self.window, True
+        if self.shift_rule == "timm" and min(hw) <= ws:
+            # timm 0.5 (SwinTransformerBlock.__init__, Ark's Swin) where the map's shorter side fits in one window:
+            # no shift, and the window shrinks to that side (7x7 at 224 px with window 7: no shift in stage 4).
+            # Decided here from the actual map, so every input size follows the rule.
+            ws, shifted = min(hw), False
         hp, wp = -(-hw[0] // ws) * ws, -(-hw[1] // ws) * ws
-        # timm 0.5 (Ark) turns the shift off where one window covers the whole map (7x7 at 224 px, window 7)
-        shifted = not (self.shift_rule == "timm" and max(hw) <= ws)
         mask = shifted_window_mask(hp, wp, ws, self.shift, x.device) if len(self.blocks) > 1 and shifted else None
         for i, blk in enumerate(self.blocks):
             if self.use_checkpoint and self.training and x.requires_grad and not torch.jit.is_scripting():
-                x = self._checkpointed(i, x, hw, mask, shifted)
+                x = self._checkpointed(i, x, hw, mask, shifted, ws)
             else:
-                x = blk(x, hw, mask, shifted)
+                x = blk(x, hw, mask, shifted, ws)
         if self.downsample is None:
             return x, x, hw
         return x, self.downsample(x, hw), ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
 
     @_jit_unused
     def _checkpointed(self, i: int, x: torch.Tensor, hw: tuple[int, int], mask: torch.Tensor | None,
-                      shifted: bool) -> torch.Tensor:
+                      shifted: bool, window: int) -> torch.Tensor:
         """Block ``i`` under gradient checkpointing (training only; not part of a scripted model)."""
-        return checkpoint.checkpoint(self.blocks[i], x, hw, mask, shifted, use_reentrant=False)
+        return checkpoint.checkpoint(self.blocks[i], x, hw, mask, shifted, window, use_reentrant=False)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -278,10 +289,12 @@ class SwinTransformer(nn.Module):
         use_checkpoint: gradient checkpointing per block (saves memory when training).
         stem: ``"patch"`` (Swin's 4×4 linear patch embedding; the published weights) or ``"conv"``
             (:class:`ConvStem`, for backbones trained from scratch on small, faint findings).
-        shift_rule: ``"always"``: every odd block shifts its windows (the detection backbone of DINO and
-            Foundation X); ``"timm"``: no shift in a stage whose map fits in one window, as timm 0.5 builds the
-            classification Swin that Ark was trained with (its stage 4 at 224 px). Settable later
-            (:attr:`shift_rule`); ``load_checkpoint`` sets ``"timm"`` for Ark weights.
+        shift_rule: ``"always"``: every odd block shifts its windows, maps smaller than the window are padded
+            (the detection backbone of DINO and Foundation X, ``swin_transformer_CyclicSegmentation.py``);
+            ``"timm"``: timm 0.5's rule, which Ark was trained with: in a stage whose map's shorter side is no
+            larger than the window, no block shifts and the window shrinks to that side (stage 4 at 224 px with
+            window 7). Decided per forward from the map size. Settable later (:attr:`shift_rule`);
+            ``load_checkpoint`` sets ``"timm"`` for Ark weights and ``"always"`` for Foundation X weights.
     """
 
     __jit_unused_properties__ = ["shift_rule", "stride"]  # Python-side settings, not part of a scripted forward
