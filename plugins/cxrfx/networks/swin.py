@@ -311,7 +311,7 @@ class SwinTransformer(nn.Module):
         self.num_features = [embed_dim * 2**i for i in range(len(depths))]
         self.patch_embed = (PatchEmbed if stem == "patch" else ConvStem)(patch_size, in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         self.layers = nn.ModuleList([
             BasicLayer(self.num_features[i], depths[i], num_heads[i], window_size, mlp_ratio, qkv_bias, drop_rate,
                        attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])], i < len(depths) - 1, use_checkpoint)
