@@ -96,14 +96,16 @@ WRITERS = {"ignite.handlers.ProgressBar", "StatsHandler", "TensorBoardStatsHandl
            "cxrfx.engines.checkpointing.CheckpointSaver"}
 
 
-@pytest.mark.parametrize("base_name, overlay_name, sections", [
-    ("train.json", "multi_gpu_train.json", ("train", "validate")),
-    ("evaluate.json", "multi_gpu_evaluate.json", ("validate",))])
-def test_config_disables_exactly_the_writing_handlers_on_other_ranks(base_name, overlay_name, sections):
+@pytest.mark.parametrize("bundle, base_name, overlay_name, sections", [
+    (BUNDLE, "train.json", "multi_gpu_train.json", ("train", "validate")),
+    (BUNDLE, "evaluate.json", "multi_gpu_evaluate.json", ("validate",)),
+    (ROOT / "bundles" / "finetune_seg", "train.json", "multi_gpu_train.json", ("train", "validate")),
+    (ROOT / "bundles" / "finetune_det", "train.json", "multi_gpu_train.json", ("train", "validate"))])
+def test_config_disables_exactly_the_writing_handlers_on_other_ranks(bundle, base_name, overlay_name, sections):
     """The overlays disable handlers by position: this holds them to the base configs' lists (a reordered list must
     not silently leave a writer on every rank, or take validation or a weights loader away from some)."""
-    base = json.loads((BUNDLE / "configs" / base_name).read_text())
-    overlay = json.loads((BUNDLE / "configs" / overlay_name).read_text())
+    base = json.loads((bundle / "configs" / base_name).read_text())
+    overlay = json.loads((bundle / "configs" / overlay_name).read_text())
     for section in sections:
         handlers = base[f"{section}#handlers"] if f"{section}#handlers" in base else base[section]["handlers"]
         disabled = {i for i in range(len(handlers)) if overlay.get(f"{section}#handlers#{i}#_disabled_")}
