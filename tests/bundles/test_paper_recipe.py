@@ -169,3 +169,33 @@ def test_real_path_reads_datalists_dir_and_sizes_steps_by_epochs(tmp_path):
     assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 9 * 1 + 20 * 2
     assert (tmp_path / "bundle" / "models" / "last.pt").is_file()
     assert not (tmp_path / "bundle" / "eval" / "paper_dry_run").exists()
+
+
+def _write_and_read(folder: str) -> int:
+    """One torchrun process of a dry run: write the stand-in, then read every file its datalists name."""
+    order = schedule_tasks(paper_cycle())
+    out = Path(write_stand_in(folder, order, images=2, size=32))
+    files = 0
+    for name in order:
+        data = json.loads((out / f"{name}.json").read_text())
+        for item in data["training"] + data["validation"]:
+            for rel in [item["image"], *item.get("mask", {}).values()]:
+                assert (out / rel).stat().st_size > 0, rel
+                files += 1
+    return files
+
+
+def test_stand_in_written_once_for_concurrent_processes(tmp_path):
+    """Processes of one dry run write the stand-in at the same moment: one writes, the others reuse it, and no
+    process removes files another one reads; other parameters rewrite it."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        counts = pool.map(_write_and_read, [str(tmp_path)] * 3)
+    assert len(set(counts)) == 1 and counts[0] > 0
+    first = tmp_path / "datalists" / "chexpert" / "training_0.png"
+    stamp = first.stat().st_mtime_ns
+    _write_and_read(str(tmp_path))
+    assert first.stat().st_mtime_ns == stamp  # same parameters: left alone
+    write_stand_in(tmp_path, schedule_tasks(paper_cycle()), images=3, size=32)
+    assert (tmp_path / "datalists" / "chexpert" / "training_2.png").exists()  # other parameters: rewritten

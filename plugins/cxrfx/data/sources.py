@@ -13,6 +13,7 @@ its dry run writes a tiny stand-in of that folder (:func:`write_stand_in`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -178,14 +179,37 @@ def write_stand_in(out_dir: str | os.PathLike, tasks: Mapping[str, Sequence[str]
     per-class mask PNGs, under the class names the dataset's adapter writes (a generic class for any other
     dataset). Schema-checked on writing. Replaces what an earlier call wrote there; returns the datalists folder.
     Nothing here is data to learn from: it exercises the wiring (loaders, heads, losses, phases, teacher).
+
+    Every process of a ``torchrun`` dry run calls this before the process group exists: one writes (under a file
+    lock), the others find a complete stand-in of the same parameters (its marker file, written last) and leave
+    it alone, so no process deletes files another is reading.
     """
-    from cxrfx.data.phantom.files import write_mask_png, write_png
+    from filelock import FileLock  # a dependency of torch
 
     if images < 2:
         raise ConfigError(f"the stand-in needs at least 2 training images per dataset (BatchNorm), got {images}")
     folder = os.path.join(os.path.abspath(os.fspath(out_dir)), "datalists")
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
+    params = {"tasks": {k: list(v) for k, v in tasks.items()}, "images": images, "size": size, "seed": seed}
+    marker = os.path.join(folder, ".stand_in.json")
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with FileLock(folder + ".lock"):
+        try:
+            with open(marker, encoding="utf-8") as f:
+                if json.load(f) == params:
+                    return folder
+        except (OSError, ValueError):
+            pass
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        _write_stand_in(folder, tasks, images, size, seed)
+        with open(marker, "w", encoding="utf-8") as f:
+            json.dump(params, f)
+    return folder
+
+
+def _write_stand_in(folder: str, tasks: Mapping[str, Sequence[str]], images: int, size: int, seed: int) -> None:
+    from cxrfx.data.phantom.files import write_mask_png, write_png
+
     known = _stand_in_classes()
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -230,4 +254,3 @@ def write_stand_in(out_dir: str | os.PathLike, tasks: Mapping[str, Sequence[str]
         write_datalist({"name": name, "schema_version": 1, "box_mode": "xyxy", "tasks": sections,
                         "description": f"synthetic stand-in for {name} (cxrfx dry run; not data)", **splits},
                        os.path.join(folder, f"{name}.json"))
-    return folder
