@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,28 @@ def test_stand_in_written_once_for_concurrent_processes(tmp_path):
     assert first.stat().st_mtime_ns == stamp  # same parameters: left alone
     write_stand_in(tmp_path, schedule_tasks(paper_cycle()), images=3, size=32)
     assert (tmp_path / "datalists" / "chexpert" / "training_2.png").exists()  # other parameters: rewritten
+
+
+def test_dry_run_under_torchrun_with_multi_gpu_train(tmp_path):
+    """paper.json with multi_gpu_train.json: two gloo processes write and share one stand-in, walk the cycle (29
+    steps on the sharded loaders) and rank 0 alone saves the final checkpoint."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    configs = [str(BUNDLE / "configs" / n) for n in ("train.json", "paper.json", "multi_gpu_train.json")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
+         "--logging_file", str(BUNDLE / "configs" / "logging.conf"), "--bundle_root", str(tmp_path),
+         "--dry_run", "True"],
+        capture_output=True, text=True, timeout=600, cwd=str(BUNDLE), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "eval" / "paper_dry_run"
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["last.pt", "model.pt"]
+    state = torch.load(out / "models" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] == 29
+    assert len(list((out / "datalists").glob("*.json"))) == 11

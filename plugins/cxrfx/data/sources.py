@@ -190,7 +190,7 @@ def write_stand_in(out_dir: str | os.PathLike, tasks: Mapping[str, Sequence[str]
         raise ConfigError(f"the stand-in needs at least 2 training images per dataset (BatchNorm), got {images}")
     folder = os.path.join(os.path.abspath(os.fspath(out_dir)), "datalists")
     params = {"tasks": {k: list(v) for k, v in tasks.items()}, "images": images, "size": size, "seed": seed}
-    marker = os.path.join(folder, ".stand_in.json")
+    marker = os.path.join(folder, ".stand_in_params")  # not *.json: the folder lists datalists
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     with FileLock(folder + ".lock"):
         try:
