@@ -24,6 +24,7 @@ Frame of Reference) does not have. Screenshots and the browser's console log are
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import shutil
@@ -32,7 +33,8 @@ import time
 import numpy as np
 import pytest
 from cdp import CDPError, Chromium, chromium_binary
-from label_server import apt_install, http, read_json, start_label_server
+from label_server import apt_install, http, multipart, read_json, start_label_server
+from PIL import Image
 from test_orthanc import orthanc  # noqa: F401 (the module-scoped Orthanc fixture, installed when missing)
 
 MODEL = "cxr_segmentation"
@@ -120,10 +122,63 @@ def _wait(check, timeout: float, what: str):
     raise AssertionError(f"{what}: not seen in {timeout} s")
 
 
+def _annotate_and_train(url: str, images: dict[str, tuple[int, int]], labels: dict[str, int]) -> None:
+    """Box-shaped annotations (right lung on the image's left, left lung on its right, heart low in the middle)
+    saved as ``final`` labels through the API, then 100 training iterations (~45 s on 2 idle cores): the served
+    model's output then has that layout, where the seeded weights give one class over the whole image."""
+    for image, (rows, columns) in images.items():
+        index = np.zeros((rows, columns), np.uint8)
+        index[rows // 6:rows * 4 // 5, columns // 10:columns * 2 // 5] = labels["lung_right"]
+        index[rows // 6:rows * 4 // 5, columns * 3 // 5:columns * 9 // 10] = labels["lung_left"]
+        yy, xx = np.mgrid[:rows, :columns]
+        index[(yy - rows * 2 // 3) ** 2 + (xx - columns // 2) ** 2 < (rows // 6) ** 2] = labels["heart"]
+        png = io.BytesIO()
+        Image.fromarray(index).save(png, format="PNG")
+        body, ctype = multipart({"label": ("label.png", png.getvalue(), "image/png")})
+        status, out = http("PUT", f"{url}/datastore/label?image={image}&tag=final", body, {"Content-Type": ctype})
+        assert status == 200, out[:300]
+    status, out = http("POST", url + "/train/cxr_segmentation", json.dumps({"iterations": 100}).encode(),
+                       {"Content-Type": "application/json"})
+    assert status == 200, out[:300]
+    deadline = time.time() + 900  # ~45 s on idle cores; a loaded machine (2-thread torch) can be 10x slower
+    while time.time() < deadline:
+        task = read_json(http("GET", url + "/train/?check_if_running=false")[1])
+        if task.get("status") in ("DONE", "ERROR"):
+            assert task["status"] == "DONE", str(task)[-1000:]
+            return
+        time.sleep(2)
+    raise AssertionError("training still running after 900 s")
+
+
+def _centroid(index: np.ndarray, value: int) -> tuple[float, float]:
+    yy, xx = np.nonzero(index == value)
+    assert len(yy), f"label {value} absent from the returned mask"
+    return float(yy.mean()), float(xx.mean())
+
+
+def _stored_seg(orthanc_url: str, study: str, out):
+    """The model-output DICOM SEG in Orthanc, read back (``cxrfx.outputs.dicom_seg.read_dicom_seg``)."""
+    from cxrfx.outputs.dicom_seg import read_dicom_seg
+
+    series = [s["0020000E"]["Value"][0] for s in _segs(orthanc_url)
+              if s["0008103E"]["Value"][0].startswith("cxrfx model output")]
+    assert len(series) == 1, series
+    found = read_json(http("GET", f"{orthanc_url}/dicom-web/studies/{study}/series/{series[0]}/instances")[1])
+    sop = found[0]["00080018"]["Value"][0]
+    found = read_json(http("POST", orthanc_url + "/tools/lookup", sop.encode())[1])
+    status, body = http("GET", f"{orthanc_url}/instances/{found[0]['ID']}/file")
+    assert status == 200
+    out.write_bytes(body)
+    return read_dicom_seg(out)
+
+
+def _segs(orthanc_url: str) -> list[dict]:
+    body = http("GET", f"{orthanc_url}/dicom-web/series?Modality=SEG&includefield=0008103E")[1]
+    return read_json(body) if body.strip() else []
+
+
 def _overlay_fraction(png: str, box) -> float:
     """Share of the image box in a screenshot that is tinted (not grey): the overlay, not the radiograph."""
-    from PIL import Image
-
     rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     inner = rgb[y0 + 2:y1 - 2, x0 + 2:x1 - 2]
@@ -136,17 +191,24 @@ def test_ohif_viewer_shows_study_and_segmentation(orthanc, tmp_path_factory, lab
     for path in sorted(glob.glob(os.path.join(studies, "phantom_det_*.dcm"))):
         with open(path, "rb") as f:
             assert http("POST", orthanc.url + "/instances", f.read(), {"Content-Type": "application/dicom"})[0] == 200
-    first = read_json(http("GET", orthanc.url + "/dicom-web/series?Modality=DX")[1])[0]
-    study, series = first["0020000D"]["Value"][0], first["0020000E"]["Value"][0]
-    meta = read_json(http("GET", f"{orthanc.url}/dicom-web/studies/{study}/series/{series}/metadata")[1])[0]
-    rows, columns = meta["00280010"]["Value"][0], meta["00280011"]["Value"][0]
+    images, metas = {}, {}
+    for found in read_json(http("GET", orthanc.url + "/dicom-web/series?Modality=DX")[1]):
+        st, se = found["0020000D"]["Value"][0], found["0020000E"]["Value"][0]
+        metas[se] = (st, read_json(http("GET", f"{orthanc.url}/dicom-web/studies/{st}/series/{se}/metadata")[1])[0])
+        images[se] = (metas[se][1]["00280010"]["Value"][0], metas[se][1]["00280011"]["Value"][0])
+    series = sorted(images)[0]
+    (study, meta), (rows, columns) = metas[series], images[series]
 
     art = tmp_path_factory.mktemp("viewer")
     server, url = start_label_server(tmp_path_factory.mktemp("srv_viewer"), label_python, label_env,
                                      orthanc.url + "/dicom-web", bundles)
+    labels = read_json(http("GET", url + "/info/")[1])["models"][MODEL]["labels"]
     browser = Chromium(binary, str(art / "profile"), str(art / "chromium.log"))
     page = None
     try:
+        start = time.time()
+        _annotate_and_train(url, images, labels)
+        print(f"annotated {len(images)} images and trained 100 iterations in {time.time() - start:.0f} s")
         page = browser.page()
         start = time.time()
         page.navigate(f"{url}/ohif/viewer?StudyInstanceUIDs={study}")
@@ -168,9 +230,11 @@ def test_ohif_viewer_shows_study_and_segmentation(orthanc, tmp_path_factory, lab
         assert result["magic"].startswith("NRRD") and result["fields"]["type"] == "uint8", result
         assert result["fields"]["sizes"] == f"{columns} {rows}" and result["n"] == rows * columns, result
         counts = {int(k): v for k, v in result["counts"].items()}
-        labels = read_json(http("GET", url + "/info/")[1])["models"][MODEL]["labels"]
         assert set(counts) <= {0, *labels.values()}, counts
-        assert sum(v for k, v in counts.items() if k) > 0, "the returned mask is empty"
+        index = np.asarray(page.eval("window.__cxrfxMask.data"), np.uint8).reshape(rows, columns)
+        # laid out as annotated: the right lung left of the left lung, the heart below both (row 0 at the top)
+        right, left, heart = (_centroid(index, labels[k]) for k in ("lung_right", "lung_left", "heart"))
+        assert right[1] < heart[1] < left[1] and heart[0] > max(right[0], left[0]), (right, left, heart)
         print(f"plugin request: NRRD {result['fields']['sizes']}, label value counts {counts}")
 
         page.eval(DRAW_MASK % {"box": json.dumps(shown["box"])})
@@ -184,8 +248,13 @@ def test_ohif_viewer_shows_study_and_segmentation(orthanc, tmp_path_factory, lab
         saved = page.eval(PLUGIN_INFER % {"model": json.dumps(MODEL), "image": json.dumps(series),
                                           "options": '{"save_label": true}'}, timeout=180)
         assert saved["status"] == 200 and saved["counts"] == result["counts"], saved
-        segs = read_json(http("GET", f"{orthanc.url}/dicom-web/series?Modality=SEG&includefield=0008103E")[1])
-        assert [s["0008103E"]["Value"][0] for s in segs] == ["cxrfx model output (original)"], segs
+        described = sorted(s["0008103E"]["Value"][0] for s in _segs(orthanc.url))
+        assert described == ["cxrfx annotation (final)"] * len(images) + ["cxrfx model output (original)"]
+        back = _stored_seg(orthanc.url, study, art / "stored_seg.dcm")
+        assert back.sop_instance_uid == meta["00080018"]["Value"][0]
+        for name, k in labels.items():  # the SEG holds exactly the NRRD the viewer got, row 0 at the top
+            mask = back.masks.get(name, np.zeros((rows, columns), bool))
+            assert np.array_equal(mask, index == k), name
         page.navigate(f"{url}/ohif/viewer?StudyInstanceUIDs={study}")
         listed = page.wait_for(SEG_LISTED, 60, "the DICOM SEG listed in OHIF's study browser")
         print(f"OHIF lists the stored segmentation: {listed!r}")

@@ -155,9 +155,9 @@ class RadiographDICOMwebDatastore(DICOMWebDatastore):
 def _read_index_map(path: str) -> np.ndarray:
     """An index-map label (PNG, NRRD or NIfTI) as an (H, W) integer array in the image's orientation."""
     if path.lower().endswith(".nrrd"):  # an inference result OHIF asked for (save_label)
-        from cxrfx.label.infer import read_nrrd
+        from cxrfx.io.volume import read_nrrd
 
-        return read_nrrd(path).astype(np.int64)
+        return np.rint(read_nrrd(path)[0]).astype(np.int64)
     if path.lower().endswith(".png"):
         from PIL import Image
 

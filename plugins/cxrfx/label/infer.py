@@ -47,23 +47,12 @@ BOX_FORMAT = "cxrfx-boxes-v1"
 
 
 def write_nrrd(index: np.ndarray, path: str) -> None:
-    """An (H, W) uint8 index map as a raw NRRD; NRRD lists the fastest axis first, so C order is "W H"."""
+    """An (H, W) uint8 index map as a raw NRRD; NRRD lists the fastest axis first, so C order is "W H" (read
+    back by ``cxrfx.io.volume.read_nrrd``)."""
     header = (f"NRRD0004\ntype: uint8\ndimension: 2\nsizes: {index.shape[1]} {index.shape[0]}\n"
               "encoding: raw\n\n")
     with open(path, "wb") as f:
         f.write(header.encode() + np.ascontiguousarray(index, np.uint8).tobytes())
-
-
-def read_nrrd(path: str) -> np.ndarray:
-    """The (H, W) array of a file :func:`write_nrrd` wrote."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    head, data = raw.split(b"\n\n", 1)
-    fields = dict(line.split(": ", 1) for line in head.decode().splitlines()[1:] if ": " in line)
-    if fields.get("type") != "uint8" or fields.get("encoding") != "raw" or fields.get("dimension") != "2":
-        raise ValueError(f"{path}: not a raw 2D uint8 NRRD")
-    w, h = (int(v) for v in fields["sizes"].split())
-    return np.frombuffer(data, np.uint8, count=w * h).reshape(h, w)
 
 
 class CXRInferTask(InferTask):
