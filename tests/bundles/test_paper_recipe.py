@@ -225,3 +225,22 @@ def test_dry_run_under_torchrun_with_multi_gpu_train(tmp_path):
     state = torch.load(out / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert state["trainer"]["iteration"] == 29
     assert len(list((out / "datalists").glob("*.json"))) == 11
+
+
+def test_ssl_steps_read_any_datalist_and_size_no_head(tmp_path):
+    """A self-supervised warm-up on unlabelled images before the paper's cycle: the ssl dataset needs no task
+    section and gets no head; the stand-in writes it as an unlabelled datalist; an unknown task is named."""
+    from cxrfx.data.datalist import is_unlabelled, read_datalist
+
+    schedule = [{"dataset": "hospital", "task": "ssl", "phase": "release", "epoch_fraction": 1.0},
+                {"dataset": "chexpert", "task": "ssl", "phase": "release", "epoch_fraction": 1.0}, *paper_cycle()]
+    got = paper_datasets(None, schedule, stand_in=tmp_path, stand_in_images=2, stand_in_size=32)
+    assert got["datasets"]["hospital"]["tasks"] == ["ssl"]
+    assert got["datasets"]["chexpert"]["tasks"] == ["ssl", "cls"]  # a labelled datalist serves ssl steps too
+    assert "hospital" not in got["cls_heads"] and got["cls_heads"]["chexpert"] == 14
+    hospital = read_datalist(got["datasets"]["hospital"]["datalist"])
+    assert is_unlabelled(hospital) and len(hospital["training"]) == 2
+    bad = [{"dataset": "chexpert", "task": "depth", "phase": "release", "epoch_fraction": 1.0}]
+    write_stand_in(tmp_path / "other", {"chexpert": ["cls"]}, images=2, size=32)
+    with pytest.raises(ConfigError, match="task 'depth' for chexpert"):
+        paper_datasets(tmp_path / "other" / "datalists", bad)

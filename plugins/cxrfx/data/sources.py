@@ -132,6 +132,12 @@ def paper_datasets(datalists_dir: str | os.PathLike, schedule: Sequence, stand_i
             logging.getLogger("cxrfx.data").warning(f"{path}: the datalist calls itself {data.get('name')!r}, the "
                                                     f"schedule {name!r}; heads and metrics use {name!r}")
         for task in tasks:
+            if task == "ssl":  # self-supervised steps read images only: any datalist serves, no head to size
+                continue
+            if task not in TASK_KEYS:
+                problems.append(f"{path}: the schedule names task {task!r} for {name}; known: "
+                                f"{', '.join([*TASK_KEYS, 'ssl'])}")
+                continue
             section, field = TASK_KEYS[task]
             if section not in data["tasks"]:
                 hint = " (prepare nih14 with --bbox True)" if (name, task) == ("nih14", "det") else ""
@@ -215,8 +221,11 @@ def _write_stand_in(folder: str, tasks: Mapping[str, Sequence[str]], images: int
     yy, xx = np.mgrid[:size, :size]
     for name, wanted in tasks.items():
         classes = known.get(name, {})
+        if not set(wanted) - {"ssl"}:  # self-supervised only: an unlabelled datalist, as prepare image_folder writes
+            _write_unlabelled_stand_in(folder, name, images, size, rng)
+            continue
         sections = {}
-        for task in wanted:
+        for task in [t for t in wanted if t != "ssl"]:
             section, field = TASK_KEYS[task]
             sections[section] = {field: list(classes.get(task, [f"{name}_{task}"]))}
         if "segmentation" in sections:
@@ -254,3 +263,20 @@ def _write_stand_in(folder: str, tasks: Mapping[str, Sequence[str]], images: int
         write_datalist({"name": name, "schema_version": 1, "box_mode": "xyxy", "tasks": sections,
                         "description": f"synthetic stand-in for {name} (cxrfx dry run; not data)", **splits},
                        os.path.join(folder, f"{name}.json"))
+
+
+def _write_unlabelled_stand_in(folder: str, name: str, images: int, size: int, rng) -> None:
+    from cxrfx.data.phantom.files import write_png
+
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
+    splits = {}
+    for split, count in (("training", images), ("validation", 2)):
+        splits[split] = []
+        for i in range(count):
+            stem = f"{name}/{split}_{i}"
+            write_png(os.path.join(folder, f"{stem}.png"), np.clip(0.4 + 0.1 * rng.standard_normal((size, size)), 0, 1),
+                      bits=8)
+            splits[split].append({"image": f"{stem}.png", "id": f"{name}_{split}_{i}"})
+    write_datalist({"name": name, "schema_version": 1, "kind": "unlabelled", "tasks": {},
+                    "description": f"synthetic unlabelled stand-in for {name} (cxrfx dry run; not data)", **splits},
+                   os.path.join(folder, f"{name}.json"))
