@@ -98,3 +98,22 @@ def test_state_holds_the_schedule_only_and_old_checkpoints_still_load():
     torch.testing.assert_close(fresh.teacher.weight, old["teacher"]["weight"])
     fresh.load_state_dict({"updates": 3})
     assert fresh.updates == 3 and torch.equal(fresh.teacher.weight, old["teacher"]["weight"])
+
+
+def test_cosine_schedule_counts_a_warmup_epoch_as_one_step():
+    """A warm-up epoch (one step filling the epoch, e.g. SSL only) closes one step, not a cycle's three: 1 + 3 x 2
+    updates, and the cosine reaches the final momentum at the last one (it used to count 9 and stop short)."""
+    torch.manual_seed(0)
+    net = FoundationX(**NET, cls_heads={"a": 3, "b": 3})
+    handler = TeacherHandler(net, momentum=0.5, final_momentum=1.0)
+    lock_release = LockReleaseHandler(SCHEDULE, {"cls/a": _batches(), "cls/b": _batches()}, net,
+                                      warmup={"dataset": "a", "task": "cls", "phase": "release"}, warmup_epochs=1)
+    trainer = MultiTaskTrainer("cpu", 3, net, build_optimizer(net, backbone_lr=1e-3, head_lr=1e-2), lock_release,
+                               teacher=handler)
+    momenta = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED,
+                              lambda e: momenta.append(getattr(e.state, "teacher_momentum", None)))
+    trainer.run()
+    assert handler.updates == 7 and handler.total_updates == 7
+    assert momenta[-1] == pytest.approx(1.0)
+    assert momenta[2] == pytest.approx(0.5)  # the warm-up epoch's 3 iterations end with the first update

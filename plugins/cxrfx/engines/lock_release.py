@@ -219,6 +219,7 @@ class LockReleaseHandler:
     def start(self, engine: Engine) -> None:
         """At run start (or resume): enter the step that ``engine.state.iteration`` is in."""
         engine.state.cxrfx_schedule_steps = len(self.steps)
+        engine.state.cxrfx_warmup_epochs = self.warmup_epochs  # one step each (the teacher's schedule counts it)
         index, done = self.position(engine.state.iteration)
         self._enter(engine, index, done, starting=True)
 

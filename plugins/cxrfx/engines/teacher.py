@@ -102,9 +102,13 @@ class TeacherHandler:
     def count_updates(self, engine: Engine) -> int:
         """Updates over the whole run. Read at each update, not at ``STARTED``: the Lock-Release handler records
         the steps per cycle in a ``STARTED`` handler of its own, which runs after ours when we attach first (as
-        ``train_handlers`` do); by the first update every ``STARTED`` handler has run, in either order."""
+        ``train_handlers`` do); by the first update every ``STARTED`` handler has run, in either order. A warm-up
+        epoch (the Lock-Release handler's ``warmup``, e.g. SSL only) is one step, not a cycle's worth."""
         per_epoch = {"step": getattr(engine.state, "cxrfx_schedule_steps", 1), "epoch": 1,
                      "iteration": engine.state.epoch_length}[self.update_on]
+        warm = min(getattr(engine.state, "cxrfx_warmup_epochs", 0), engine.state.max_epochs)
+        if self.update_on == "step" and warm:
+            return max(1, (warm + per_epoch * (engine.state.max_epochs - warm)) // self.every)
         return max(1, per_epoch * engine.state.max_epochs // self.every)
 
     def __call__(self, engine: Engine) -> None:
