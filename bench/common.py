@@ -93,3 +93,19 @@ def mean_std(values, digits: int = 3) -> str:
 def emit(result: dict) -> None:
     """Print the benchmark's result as the last line of stdout (``run_all`` reads it)."""
     sys.stdout.write(json.dumps(result) + "\n")
+
+
+def write_section(doc, name: str, text: str, heading: str | None = None) -> None:
+    """Replace the generated section ``name`` of ``doc`` (between ``<!-- name: begin (generated) -->`` and
+    ``<!-- name: end -->``) with ``text``; append it under ``heading`` when the file has no such section."""
+    from pathlib import Path
+
+    doc = Path(doc)
+    begin, end = f"<!-- {name}: begin (generated) -->", f"<!-- {name}: end -->"
+    block = f"{begin}\n\n{text.strip()}\n\n{end}"
+    current = doc.read_text() if doc.exists() else ""
+    if begin in current and end in current:
+        current = current[:current.index(begin)] + block + current[current.index(end) + len(end):]
+    else:
+        current = current.rstrip("\n") + f"\n\n{heading or '## ' + name}\n\n{block}\n"
+    doc.write_text(current)
