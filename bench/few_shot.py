@@ -18,10 +18,13 @@ The paper's downstream claim (Foundation X, WACV 2025: few-shot JSRT-clavicle Di
 4. Statistics: per shot count, paired differences over seeds (the same images and seed in both arms), the
    exact Wilcoxon signed-rank test (two-sided) and how many pairs favour each arm; declared before the runs.
 
-    python bench/few_shot.py --out runs/few_shot --results docs/results.md
+    python bench/few_shot.py --out runs/few_shot --results docs/results.md   # runs: bench/results/few_shot.json
 
-Every run is stored in ``<out>/results.json`` as it completes (a cut run resumes); runs go seed by seed, so a
-partial run covers every arm and shot count with fewer seeds. ``--report_only`` rewrites the tables.
+Every run is stored in ``--store`` (``bench/results/few_shot.json``, committed) as it completes (a cut run
+resumes); the bulky run folders (phantoms, checkpoints, logs) go under ``--out``. Runs go seed by seed, so a
+partial run covers every arm and shot count with fewer seeds. A pretraining whose checkpoint is gone (``--out``
+lost with a machine) is run again, with the same seed, before further fine-tuning; finished runs are kept.
+``--report_only`` rewrites the tables.
 """
 
 from __future__ import annotations
@@ -343,22 +346,29 @@ def main(argv=None) -> None:
     parser.add_argument("--downstream_seed", type=int, default=200)
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--report_only", action="store_true", help="rewrite --results from <out>/results.json")
+    parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot.json"),
+                        help="the runs' results (JSON, resumable; outside --out so losing run folders loses no result)")
+    parser.add_argument("--report_only", action="store_true", help="rewrite --results from --store")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
-    store = out / "results.json"
+    store = Path(args.store).resolve()
     summary = json.loads(store.read_text()) if store.exists() else {"pretraining": {}, "runs": {}, "cpu_seconds": 0.0}
     if not args.report_only:
         import torch
 
         torch.set_num_threads(args.threads)  # one thread: on a shared 2-core machine two spin and wait
-        per_run = ("out", "results", "report_only", "seeds", "arms", "shots", "threads")  # runs are keyed by these
+        per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads")  # runs keyed by these
         settings = {k: v for k, v in vars(args).items() if k not in per_run}
         if summary.get("settings") not in (None, settings):
             raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
         summary["settings"] = settings
         summary["command"] = " ".join(["python bench/few_shot.py", *(argv if argv is not None else sys.argv[1:])])
         out.mkdir(parents=True, exist_ok=True)
+        store.parent.mkdir(parents=True, exist_ok=True)
+        for arm, done in list(summary["pretraining"].items()):
+            if not Path(done["checkpoint"]).exists():
+                print(f"pretrained {arm}: {done['checkpoint']} is gone; pretraining again (same seed)", flush=True)
+                del summary["pretraining"][arm]
 
         def save(cpu: float) -> None:
             summary["cpu_seconds"] = round(summary["cpu_seconds"] + cpu, 1)
