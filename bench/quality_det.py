@@ -27,7 +27,8 @@ Every finished (arm, budget, seed) is stored in ``--results`` at once, so a cut 
 runs of another setting (phantom, training set, threads) are kept under ``"superseded"``.
 The CPU budget holds only on otherwise idle cores: on an oversubscribed machine the threads' waiting counts as
 CPU time (a run got 246 iterations instead of 578). Such a run goes under ``"excluded"`` in the results file with
-its reason; it is reported beside the table and run again.
+its reason; it is reported beside the table and run again. A run measured again once the machine was quiet goes
+under ``"replaced"`` (the first measurement with its reason, also reported beside the table).
 ``--report`` writes the tables into docs/results.md between this script's markers.
 
     python bench/quality_det.py --threads 1 --seeds 0 1 2   # about 35 CPU-min per seed (both arms, time budget)
@@ -238,7 +239,7 @@ def curve_report(curves: dict) -> list[str]:
 
 
 def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict | None = None,
-           superseded: list | None = None) -> str:
+           superseded: list | None = None, replaced: dict | None = None) -> str:
     budgets = sorted({r["budget"] for r in results.values()}, key=lambda b: (b != "iterations", b))
     lines = [BEGIN, "", f"Phantom `phantom_det` seed {meta['phantom_seed']}, {meta['count']} images at "
              f"{meta['size']} px (generator version {meta['generator_version']}), trained on "
@@ -302,6 +303,9 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
     for key, r in (excluded or {}).items():
         lines += [f"Left out of the table: `{key}` (AP50 {r['ap50']:.3f}, CPM {r['cpm']:.3f}, {r['iterations']} "
                   f"iterations): {r['reason']}", ""]
+    for key, r in (replaced or {}).items():
+        lines += [f"Measured again: `{key}` first gave AP50 {r['ap50']:.3f}, CPM {r['cpm']:.3f} in {r['iterations']} "
+                  f"iterations ({r['reason']}); the table holds the second run.", ""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -406,7 +410,8 @@ def main(argv=None) -> None:
                     results_path.write_text(json.dumps(stored, indent=1, default=float))
                     print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
                           f"{r['iterations']} it, {r['train_wall_s']:.0f} s", flush=True)
-    text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"), stored.get("superseded"))
+    text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"), stored.get("superseded"),
+                  stored.get("replaced"))
     write_report(Path(a.doc), text)
     print(text)
 
