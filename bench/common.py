@@ -95,17 +95,24 @@ def emit(result: dict) -> None:
     sys.stdout.write(json.dumps(result) + "\n")
 
 
-def write_section(doc, name: str, text: str, heading: str | None = None) -> None:
-    """Replace the generated section ``name`` of ``doc`` (between ``<!-- name: begin (generated) -->`` and
-    ``<!-- name: end -->``) with ``text``; append it under ``heading`` when the file has no such section."""
+def write_between(doc, text: str, begin: str, end: str, heading: str) -> None:
+    """Replace the text between ``begin`` and ``end`` (markers included) of ``doc`` by ``text``, which carries the
+    markers itself; append it under ``heading`` when the file has no such section."""
     from pathlib import Path
 
     doc = Path(doc)
-    begin, end = f"<!-- {name}: begin (generated) -->", f"<!-- {name}: end -->"
-    block = f"{begin}\n\n{text.strip()}\n\n{end}"
     current = doc.read_text() if doc.exists() else ""
-    if begin in current and end in current:
-        current = current[:current.index(begin)] + block + current[current.index(end) + len(end):]
+    if begin in current and end in current[current.index(begin):]:
+        start = current.index(begin)
+        stop = current.index(end, start) + len(end)
+        current = current[:start] + text + current[stop:]
     else:
-        current = current.rstrip("\n") + f"\n\n{heading or '## ' + name}\n\n{block}\n"
+        current = current.rstrip("\n") + f"\n\n{heading}\n\n" + text + "\n"
     doc.write_text(current)
+
+
+def write_section(doc, name: str, text: str, heading: str | None = None) -> None:
+    """The generated section ``name`` of ``doc`` (between ``<!-- name: begin (generated) -->`` and
+    ``<!-- name: end -->``) set to ``text`` (:func:`write_between`)."""
+    begin, end = f"<!-- {name}: begin (generated) -->", f"<!-- {name}: end -->"
+    write_between(doc, f"{begin}\n\n{text.strip()}\n\n{end}", begin, end, heading or f"## {name}")

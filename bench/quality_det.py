@@ -54,6 +54,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from common import mean_std as _ms  # noqa: E402
+from common import write_between  # noqa: E402
 
 BINS = {"subtle": (-np.inf, 1.0), "moderate": (1.0, 3.0), "conspicuous": (3.0, np.inf)}
 BEGIN, END = "<!-- quality_det.py: begin (generated) -->", "<!-- quality_det.py: end -->"
@@ -311,12 +312,7 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
 
 
 def write_report(doc: Path, text: str) -> None:
-    current = doc.read_text() if doc.exists() else ""
-    if BEGIN in current and END in current:
-        current = current[:current.index(BEGIN)] + text + current[current.index(END) + len(END):]
-    else:
-        current = current.rstrip("\n") + "\n\n## Detection quality (bench/quality_det.py)\n\n" + text + "\n"
-    doc.write_text(current)
+    write_between(doc, text, BEGIN, END, "## Detection quality (bench/quality_det.py)")
 
 
 def main(argv=None) -> None:

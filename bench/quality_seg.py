@@ -67,6 +67,7 @@ sys.path.insert(0, str(HERE))
 
 from common import MONAI_UNET_LR as UNET_LR  # noqa: E402
 from common import mean_std as _ms  # noqa: E402
+from common import write_between  # noqa: E402
 
 CLASSES = ["lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right"]
 SHORT = {"lung_left": "L lung", "lung_right": "R lung", "heart": "heart", "clavicle_left": "L clav.",
@@ -454,18 +455,6 @@ def report(results: dict, meta: dict, excluded: dict | None = None, variants: di
                              f"{_ms([r['test']['hd95'] for r in runs], 1)} |")
     table += ["", README_END]
     return "\n".join(lines), "\n".join(table)
-
-
-def write_between(doc: Path, text: str, begin: str, end: str, heading: str) -> None:
-    """Replace the text between ``begin`` and ``end`` (markers included) by ``text``; append it if absent."""
-    current = doc.read_text() if doc.exists() else ""
-    if begin in current and end in current[current.index(begin):]:
-        start = current.index(begin)
-        stop = current.index(end, start) + len(end)
-        current = current[:start] + text + current[stop:]
-    else:
-        current = current.rstrip("\n") + f"\n\n{heading}\n\n" + text + "\n"
-    doc.write_text(current)
 
 
 def publish(stored: dict, doc: Path, readme: Path) -> None:
