@@ -60,6 +60,9 @@ from common import write_between  # noqa: E402
 
 BINS = {"subtle": (-np.inf, 1.0), "moderate": (1.0, 3.0), "conspicuous": (3.0, np.inf)}
 BEGIN, END = "<!-- quality_det.py: begin (generated) -->", "<!-- quality_det.py: end -->"
+README_BEGIN, README_END = "<!-- quality_det.py: performance (generated) -->", "<!-- quality_det.py: performance end -->"
+ARM_TEXT = {"cxrfx": "this bundle (demo backbone)",
+            "monai": "MONAI RetinaNet, ResNet-18 FPN (the lung-nodule bundle's recipe)"}
 
 
 def build_phantom(out: Path, count: int, size: int, seed: int) -> str:
@@ -336,8 +339,30 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
     return "\n".join(lines)
 
 
-def write_report(doc: Path, text: str) -> None:
+def readme_table(results: dict, meta: dict) -> str:
+    """The bundle README's performance table: each budget, both arms, mean ± std over seeds."""
+    budgets = sorted({r["budget"] for r in results.values()}, key=lambda b: (b != "time", b))
+    lines = [README_BEGIN, "", f"From scratch on the {meta['size']} px phantom (`bench/quality_det.py`; "
+             f"{meta.get('train_images', '?')} training images of synthetic patients, {meta['eval_images']} held-out "
+             f"images with {meta['eval_lesions']} lesions, {meta['bin_counts']['subtle']} of them subtle), "
+             f"{meta.get('threads', 2)} CPU thread(s), demo backbone; mean ± std over seeds:", "",
+             "| budget | detector | seeds | iterations | AP50 | AP50, lesions with CNR ≥ 1 | FROC CPM |",
+             "|---|---|---|---|---|---|---|"]
+    for budget in budgets:
+        title = (f"{meta['budget_minutes']:g} CPU-minutes" if budget == "time" else f"{meta['iterations']} iterations")
+        for arm in ARMS:
+            runs = [r for r in results.values() if r["arm"] == arm and r["budget"] == budget]
+            if runs:
+                lines.append(f"| {title} | {ARM_TEXT[arm]} | {len(runs)} | "
+                             f"{round(statistics.mean(r['iterations'] for r in runs))} | {_ms([r['ap50'] for r in runs])} "
+                             f"| {_ms([r['ap50_visible'] for r in runs])} | {_ms([r['cpm'] for r in runs])} |")
+    return "\n".join(lines + ["", README_END])
+
+
+def write_report(doc: Path, text: str, readme: Path | None = None, table: str | None = None) -> None:
     write_between(doc, text, BEGIN, END, "## Detection quality (bench/quality_det.py)")
+    if readme is not None and table is not None:
+        write_between(readme, table, README_BEGIN, README_END, "## Performance")
 
 
 def main(argv=None) -> None:
@@ -354,6 +379,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--results", default=str(HERE / "results" / "quality_det.json"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--readme", default=str(ROOT / "bundles" / "finetune_det" / "docs" / "README.md"),
+                    help="the bundle README whose performance table is written from the same runs")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads (the CPU budget is CPU time / threads; on a shared machine use 1)")
@@ -367,6 +394,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(a.threads)
     results_path = Path(a.results)
     stored = json.loads(results_path.read_text()) if results_path.exists() else {"meta": {}, "runs": {}}
+    if a.report_only:  # the stored runs with the setting they were measured in, whatever this command line says
+        meta = stored["meta"]
+        text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"), stored.get("superseded"),
+                      stored.get("replaced"))
+        write_report(Path(a.doc), text, Path(a.readme), readme_table(stored["runs"], meta))
+        return print(text)
     datalist = build_phantom(Path(a.data), a.count, a.size, a.phantom_seed)
     train_list = datalist
     if a.extra_train:
@@ -433,7 +466,7 @@ def main(argv=None) -> None:
                           f"{r['iterations']} it, {r['train_wall_s']:.0f} s", flush=True)
     text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"), stored.get("superseded"),
                   stored.get("replaced"))
-    write_report(Path(a.doc), text)
+    write_report(Path(a.doc), text, Path(a.readme), readme_table(stored["runs"], meta))
     print(text)
 
 

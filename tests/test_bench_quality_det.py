@@ -50,3 +50,28 @@ def test_budget_run_spends_its_whole_budget(tmp_path):
     assert math.isfinite(r["final_loss"])
     assert 0.0 <= r["ap50"] <= 1.0 and set(r["bins"]) == set(qd.BINS)
     assert json.load(open(datalist))["training"]  # the phantom the run trained on
+
+
+def test_report_only_writes_both_tables_from_the_stored_runs(tmp_path):
+    """--report-only uses the setting the runs were measured in (it once compared it with the command line's
+    defaults, filed every run as another setting's and wrote empty tables)."""
+    qd = _module()
+    stored = json.loads((ROOT / "bench" / "results" / "quality_det.json").read_text())
+    results, doc, readme = tmp_path / "q.json", tmp_path / "results.md", tmp_path / "README.md"
+    results.write_text(json.dumps(stored))
+    doc.write_text("# Results\n\nkept above\n")
+    readme.write_text(f"## Performance\n\n{qd.README_BEGIN}\nold\n{qd.README_END}\n\nkept below\n")
+    qd.main(["--report-only", "--results", str(results), "--doc", str(doc), "--readme", str(readme),
+             "--threads", "7", "--data", str(tmp_path / "never_built")])
+    assert json.loads(results.read_text()) == stored  # nothing rewritten, nothing superseded
+    assert not (tmp_path / "never_built").exists()
+    text, table = doc.read_text(), readme.read_text()
+    assert text.startswith("# Results\n\nkept above\n") and qd.BEGIN in text and qd.END in text
+    assert table.endswith("kept below\n") and "old" not in table
+    for key, run in stored["runs"].items():
+        arm, budget, _ = key.split("/")
+        runs = [r for r in stored["runs"].values() if (r["arm"], r["budget"]) == (arm, budget)]
+        row = next(line for line in table.splitlines() if f"| {qd.ARM_TEXT[arm]} |" in line
+                   and line.startswith("| 15 CPU-minutes" if budget == "time" else "| 400 iterations"))
+        assert f"| {len(runs)} |" in row
+        assert qd._ms([r["ap50"] for r in runs]) in row
