@@ -60,7 +60,8 @@ from common import write_between  # noqa: E402
 
 BINS = {"subtle": (-np.inf, 1.0), "moderate": (1.0, 3.0), "conspicuous": (3.0, np.inf)}
 BEGIN, END = "<!-- quality_det.py: begin (generated) -->", "<!-- quality_det.py: end -->"
-README_BEGIN, README_END = "<!-- quality_det.py: performance (generated) -->", "<!-- quality_det.py: performance end -->"
+README_BEGIN = "<!-- quality_det.py: performance (generated) -->"
+README_END = "<!-- quality_det.py: performance end -->"
 ARM_TEXT = {"cxrfx": "this bundle (demo backbone)",
             "monai": "MONAI RetinaNet, ResNet-18 FPN (the lung-nodule bundle's recipe)"}
 
@@ -354,8 +355,9 @@ def readme_table(results: dict, meta: dict) -> str:
             runs = [r for r in results.values() if r["arm"] == arm and r["budget"] == budget]
             if runs:
                 lines.append(f"| {title} | {ARM_TEXT[arm]} | {len(runs)} | "
-                             f"{round(statistics.mean(r['iterations'] for r in runs))} | {_ms([r['ap50'] for r in runs])} "
-                             f"| {_ms([r['ap50_visible'] for r in runs])} | {_ms([r['cpm'] for r in runs])} |")
+                             f"{round(statistics.mean(r['iterations'] for r in runs))} | "
+                             f"{_ms([r['ap50'] for r in runs])} | {_ms([r['ap50_visible'] for r in runs])} | "
+                             f"{_ms([r['cpm'] for r in runs])} |")
     return "\n".join(lines + ["", README_END])
 
 

@@ -68,7 +68,7 @@ def test_report_only_writes_both_tables_from_the_stored_runs(tmp_path):
     text, table = doc.read_text(), readme.read_text()
     assert text.startswith("# Results\n\nkept above\n") and qd.BEGIN in text and qd.END in text
     assert table.endswith("kept below\n") and "old" not in table
-    for key, run in stored["runs"].items():
+    for key in stored["runs"]:
         arm, budget, _ = key.split("/")
         runs = [r for r in stored["runs"].values() if (r["arm"], r["budget"]) == (arm, budget)]
         row = next(line for line in table.splitlines() if f"| {qd.ARM_TEXT[arm]} |" in line
