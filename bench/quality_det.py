@@ -145,7 +145,7 @@ class BudgetSchedule:
 
 
 def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations: int | None,
-          budget_s: float | None, eval_at: list[int] | None = None, on_point=None) -> dict:
+          budget_s: float | None, eval_at: list[int] | None = None, on_point=None, save_to: Path | None = None) -> dict:
     from monai.optimizers import WarmupCosineSchedule
 
     from cxrfx.data.multitask import build_sources
@@ -196,6 +196,9 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
             if done >= total or (budget_s is not None and used >= budget_s):
                 total = done
                 break
+    if save_to is not None:  # the trained weights, so a larger held-out set can score this run again later
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), save_to)
     result = {"iterations": done, "train_cpu_s": round(cpu_seconds() - start_cpu, 1),
               "train_wall_s": round(time.perf_counter() - start_wall, 1),
               "final_loss": round(float(np.mean(losses[-20:])), 4)}
@@ -370,6 +373,8 @@ def write_report(doc: Path, text: str, readme: Path | None = None, table: str | 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.expanduser("~/.cache/cxrfx/bench/quality_det"))
+    ap.add_argument("--models", default=os.path.expanduser("~/.cache/cxrfx/bench/quality_det_models"),
+                    help="where each run's trained weights are saved (<arm>_<budget>_<seed>.pt)")
     ap.add_argument("--count", type=int, default=264)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--phantom-seed", type=int, default=1015)
@@ -441,7 +446,7 @@ def main(argv=None) -> None:
                     results_path.write_text(json.dumps(stored, indent=1, default=float))
 
                 r = train(arm, train_list, a.size, a.batch, seed, max(a.curve), None, eval_at=sorted(a.curve),
-                          on_point=keep)
+                          on_point=keep, save_to=Path(a.models) / f"{key.replace('/', '_')}.pt")
                 r.update(arm=arm, seed=seed, train_images=n_train)
                 curves[key] = r
                 results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -458,7 +463,8 @@ def main(argv=None) -> None:
                     print(f"{key} ...", flush=True)
                     r = train(arm, train_list, a.size, a.batch, seed,
                               a.iterations if budget == "iterations" else None,
-                              a.budget_minutes * 60 if budget == "time" else None)
+                              a.budget_minutes * 60 if budget == "time" else None,
+                              save_to=Path(a.models) / f"{key.replace('/', '_')}.pt")
                     r.update(arm=arm, budget=budget, seed=seed)
                     stored["runs"][key] = r
                     stored.get("excluded", {}).pop(key, None)
