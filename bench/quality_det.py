@@ -255,17 +255,19 @@ def evaluate(net, detector, datalist: str, size: int, batch: int) -> dict:
 def curve_report(curves: dict) -> list[str]:
     """The learning-curve study: held-out scores by training-set size and iterations (mean ± std over seeds)."""
     lines = ["**Learning curve and training-set size** (one run per seed scored on the way; the learning-rate "
-             "schedule is the full run's, so an early point is not a shorter run's end)", "",
-             "| arm | training images | iterations | n | AP50 | AP50 CNR ≥ 1 | CPM (FROC) | "
+             "schedule is the full run's, so an early point is not a shorter run's end; CPU minutes since the start, the "
+             "scoring of earlier points included)", "",
+             "| arm | training images | iterations | train CPU min | n | AP50 | AP50 CNR ≥ 1 | CPM (FROC) | "
              + " | ".join(f"sens. at 1 FP {b}" for b in BINS) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(BINS)]
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(BINS)]
     groups: dict = {}
     for r in curves.values():
         arm = r["arm"] + (" (run cut short)" if r.get("partial") else "")
         for it, p in r["points"].items():
             groups.setdefault((arm, r["train_images"], int(it)), []).append(p)
     for (arm, n_train, it), ps in sorted(groups.items()):
-        lines.append(f"| {arm} | {n_train} | {it} | {len(ps)} | {_ms([p['ap50'] for p in ps])} | "
+        lines.append(f"| {arm} | {n_train} | {it} | {statistics.mean(p['train_cpu_s'] for p in ps) / 60:.1f} | "
+                     f"{len(ps)} | {_ms([p['ap50'] for p in ps])} | "
                      f"{_ms([p['ap50_visible'] for p in ps])} | {_ms([p['cpm'] for p in ps])} | "
                      + " | ".join(_ms([p['bins'][b]['sens_1fp'] for p in ps]) for b in BINS) + " |")
     return lines + [""]
