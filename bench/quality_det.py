@@ -255,8 +255,8 @@ def evaluate(net, detector, datalist: str, size: int, batch: int) -> dict:
 def curve_report(curves: dict) -> list[str]:
     """The learning-curve study: held-out scores by training-set size and iterations (mean ± std over seeds)."""
     lines = ["**Learning curve and training-set size** (one run per seed scored on the way; the learning-rate "
-             "schedule is the full run's, so an early point is not a shorter run's end; CPU minutes since the start, the "
-             "scoring of earlier points included)", "",
+             "schedule is the full run's, so an early point is not a shorter run's end; CPU minutes since the start, "
+             "the scoring of earlier points included)", "",
              "| arm | training images | iterations | train CPU min | n | AP50 | AP50 CNR ≥ 1 | CPM (FROC) | "
              + " | ".join(f"sens. at 1 FP {b}" for b in BINS) + " |",
              "|---|---|---|---|---|---|---|---|" + "---|" * len(BINS)]
