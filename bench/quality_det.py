@@ -372,6 +372,14 @@ def write_report(doc: Path, text: str, readme: Path | None = None, table: str | 
         write_between(readme, table, README_BEGIN, README_END, "## Performance")
 
 
+def publish(stored: dict, meta: dict, doc: Path, readme: Path) -> None:
+    """Both generated sections (docs/results.md, the bundle README's table) from the stored runs."""
+    text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"), stored.get("superseded"),
+                  stored.get("replaced"))
+    write_report(doc, text, readme, readme_table(stored["runs"], meta))
+    print(text)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.expanduser("~/.cache/cxrfx/bench/quality_det"))
@@ -404,11 +412,7 @@ def main(argv=None) -> None:
     results_path = Path(a.results)
     stored = json.loads(results_path.read_text()) if results_path.exists() else {"meta": {}, "runs": {}}
     if a.report_only:  # the stored runs with the setting they were measured in, whatever this command line says
-        meta = stored["meta"]
-        text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"), stored.get("superseded"),
-                      stored.get("replaced"))
-        write_report(Path(a.doc), text, Path(a.readme), readme_table(stored["runs"], meta))
-        return print(text)
+        return publish(stored, stored["meta"], Path(a.doc), Path(a.readme))
     datalist = build_phantom(Path(a.data), a.count, a.size, a.phantom_seed)
     train_list = datalist
     if a.extra_train:
@@ -474,10 +478,7 @@ def main(argv=None) -> None:
                     results_path.write_text(json.dumps(stored, indent=1, default=float))
                     print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
                           f"{r['iterations']} it, {r['train_wall_s']:.0f} s", flush=True)
-    text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"), stored.get("superseded"),
-                  stored.get("replaced"))
-    write_report(Path(a.doc), text, Path(a.readme), readme_table(stored["runs"], meta))
-    print(text)
+    publish(stored, meta, Path(a.doc), Path(a.readme))
 
 
 if __name__ == "__main__":
