@@ -107,6 +107,13 @@ def _timed(fn, *args):
     return result, time.process_time() - start
 
 
+def _device_name() -> str:
+    """Where the bundles train: the GPU's name, or "cpu"."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
 def build_data(out: Path, args) -> dict:
     """Both populations, and the pretraining segmentation datalist without the downstream organs."""
     from cxrfx.data.few_shot import few_shot_datalist
@@ -188,13 +195,13 @@ def finetune(job: dict) -> dict:
     overrides = {**COMMON, **job["settings"], **start_point, "few_shot": job["shots"], "few_shot_seed": job["seed"],
                  "seed": job["seed"], "source_datalist": job["datalist"], "validate_data": False}
     train = bundle_run("finetune_seg", ["train.json", "demo.json"], root, log, **overrides)
-    train_cpu = time.process_time() - cpu
+    train_cpu, train_s = time.process_time() - cpu, time.perf_counter() - start
     evaluate = bundle_run("finetune_seg", ["train.json", "demo.json", "evaluate.json"], root, log, **overrides)
     metrics = read_metrics(root / "eval" / "metrics.csv")
     return {**{k: job[k] for k in ("arm", "shots", "seed")},
             **{k: metrics.get(f"student/seg/organs/{k}", float("nan")) for k in ("dice_fx", "dice_global")},
-            "train_cpu_s": round(train_cpu, 1), "seconds": round(time.perf_counter() - start, 1),
-            "calls": [train, evaluate]}
+            "train_cpu_s": round(train_cpu, 1), "train_s": round(train_s, 1), "device": _device_name(),
+            "seconds": round(time.perf_counter() - start, 1), "calls": [train, evaluate]}
 
 
 def monai_unet(job: dict) -> dict:
@@ -212,6 +219,7 @@ def monai_unet(job: dict) -> dict:
 
     settings, root = job["settings"], Path(job["root"])
     root.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as the bundles choose theirs
     torch.manual_seed(job["seed"])
     datalist = few_shot_datalist(job["datalist"], root / "finetune_datalist.json", shots=job["shots"],
                                  seed=job["seed"], seg_classes=ORGANS, name="organs")
@@ -225,28 +233,33 @@ def monai_unet(job: dict) -> dict:
     def run(total: int, points: list[int]) -> tuple[dict, int]:
         """Train a fresh UNet (same seed) with a schedule of ``total`` iterations; held-out Dice at ``points``."""
         torch.manual_seed(job["seed"])
-        net = UNet(2, 1, len(ORGANS), channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
+        net = UNet(2, 1, len(ORGANS), channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2).to(device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=MONAI_UNET_LR, weight_decay=1e-4)
         schedule = WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total)
-        loss_fn, done, curve, start, evaluating = DiceBCELoss(), 0, {}, time.process_time(), 0.0
+        loss_fn, done, curve, evaluating = DiceBCELoss(), 0, {}, [0.0, 0.0]
+        start = [time.process_time(), time.perf_counter()]
         while done < total:
             for b in loader:
                 net.train()
-                loss = loss_fn(net(b["image"]), b["mask"])
+                loss = loss_fn(net(b["image"].to(device)), b["mask"].to(device))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 done += 1
                 if done in points:
-                    before = time.process_time()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    before = [time.process_time(), time.perf_counter()]
                     net.eval()
                     with torch.no_grad():
-                        probs = [torch.sigmoid(net(t["image"])) for t in test]
+                        probs = [torch.sigmoid(net(t["image"].to(device))).cpu() for t in test]
                         masks = [t["mask"] for t in test]
-                    curve[done] = {"dice_fx": dice_fx(torch.cat(probs), torch.cat(masks)),
-                                   "train_cpu_s": round(before - start - evaluating, 1)}  # evaluation is not training
-                    evaluating += time.process_time() - before
+                    curve[done] = {"dice_fx": dice_fx(torch.cat(probs), torch.cat(masks)),  # evaluation is not training
+                                   "train_cpu_s": round(before[0] - start[0] - evaluating[0], 1),
+                                   "train_s": round(before[1] - start[1] - evaluating[1], 1)}
+                    evaluating = [e + now - b for e, now, b in zip(evaluating, (time.process_time(), time.perf_counter()),
+                                                                    before)]
                 if done >= total:
                     break
         return curve, sum(p.numel() for p in net.parameters())
@@ -258,7 +271,7 @@ def monai_unet(job: dict) -> dict:
     points = sorted({max(1, iterations // 4), iterations // 2, iterations, 2 * iterations, 4 * iterations})
     curve, parameters = run(4 * iterations, points)
     return {**{k: job[k] for k in ("arm", "shots", "seed")}, "dice_fx": at["dice_fx"],
-            "train_cpu_s": at["train_cpu_s"],
+            "train_cpu_s": at["train_cpu_s"], "train_s": at["train_s"], "device": _device_name(),
             "curve": curve, "parameters": parameters, "lr": MONAI_UNET_LR}
 
 
@@ -310,9 +323,17 @@ def paired(runs: list[dict], metric: str = "dice_fx") -> str:
     return "\n".join(lines)
 
 
+def _time_key(runs: list[dict]) -> str:
+    """Training time as compared: CPU seconds on a CPU (robust to a shared machine), wall seconds on a GPU."""
+    return "train_cpu_s" if all(r.get("device", "cpu") == "cpu" for r in runs) else "train_s"
+
+
 def equal_cpu(runs: list[dict]) -> str:
-    """(c) against (f) at equal CPU time: (f)'s curve point whose training CPU time is nearest (c)'s."""
-    lines = ["| images | (c) training CPU s | (c) Dice | (f) at the nearest CPU time: iterations, CPU s, Dice |",
+    """(c) against (f) at equal training time: (f)'s curve point whose training time is nearest (c)'s (CPU
+    seconds when every run was on a CPU, wall seconds otherwise)."""
+    key = _time_key(runs)
+    unit = "CPU s" if key == "train_cpu_s" else "wall s"
+    lines = [f"| images | (c) training {unit} | (c) Dice | (f) at the nearest time: iterations, {unit}, Dice |",
              "|---|---|---|---|"]
     for n in sorted({r["shots"] for r in runs}):
         fx = [r for r in runs if r["arm"] == "foundation_x" and r["shots"] == n]
@@ -320,13 +341,91 @@ def equal_cpu(runs: list[dict]) -> str:
         pairs = [(r, unet[r["seed"]]) for r in fx if r["seed"] in unet]
         if not pairs:
             continue
-        near = [min(u["curve"].items(), key=lambda kv: abs(kv[1]["train_cpu_s"] - r["train_cpu_s"])) for r, u in pairs]
-        lines.append(f"| {n} | {statistics.mean(r['train_cpu_s'] for r, _ in pairs):.0f} | "
+        near = [min(u["curve"].items(), key=lambda kv: abs(kv[1][key] - r[key])) for r, u in pairs]
+        lines.append(f"| {n} | {statistics.mean(r[key] for r, _ in pairs):.0f} | "
                      f"{_mean_std([r['dice_fx'] for r, _ in pairs])} | "
                      f"{statistics.mean(int(i) for i, _ in near):.0f}, "
-                     f"{statistics.mean(p['train_cpu_s'] for _, p in near):.0f}, "
+                     f"{statistics.mean(p[key] for _, p in near):.0f}, "
                      f"{_mean_std([p['dice_fx'] for _, p in near])} |")
     return "\n".join(lines)
+
+
+FIRST_ARMS = ("scratch", "single_task", "foundation_x", "monai_unet")
+
+
+def job_order(seeds: list[int], shots: list[int], arms: list[str]) -> list[tuple[str, int, int]]:
+    """The fine-tuning runs (arm, shots, seed) in the order the issue asks for: (a), (b), (c), (f) at 2 and 4
+    images first, then (d) and (e) at those, then the larger shot counts; seed-major within each stage, so a cut
+    run covers its stage's arms and shot counts with fewer seeds."""
+    few, more = [n for n in shots if n <= 4], [n for n in shots if n > 4]
+    stages = [(few, [a for a in arms if a in FIRST_ARMS]), (few, [a for a in arms if a not in FIRST_ARMS]),
+              (more, list(arms))]
+    return [(arm, n, seed) for stage_shots, stage_arms in stages for seed in seeds for n in stage_shots
+            for arm in stage_arms]
+
+
+def _work(fn, job: dict, threads: int) -> tuple[dict, float]:
+    """One run in a worker process: its result and the CPU seconds it took there."""
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.process_time()
+    result = fn(job)
+    return result, time.process_time() - start
+
+
+def execute(tasks: list[dict], workers: int, threads: int, deadline: float | None, prepare, done,
+            finished: set[str] = frozenset()) -> list[str]:
+    """Run ``tasks`` (each ``{"key", "fn", "job", "after"}``; ``after``: the key of a task that must finish first,
+    or None) in list order as far as their dependencies allow, ``workers`` at a time in processes of their own
+    (in this process when 1). ``prepare(task)`` gives the job as the task starts; ``done(task, result,
+    cpu_seconds)`` is called here as each finishes. No task starts after ``deadline`` (``time.monotonic()``).
+    A task that fails is reported and its dependents skipped; returns the failed and skipped keys."""
+    import traceback
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    pending, finished, failed = list(tasks), set(finished), []
+
+    def next_ready() -> dict | None:
+        for task in list(pending):
+            if task["after"] is None or task["after"] in finished:
+                pending.remove(task)
+                return task
+            if task["after"] in failed:  # its pretraining failed: it cannot run
+                pending.remove(task)
+                failed.append(task["key"])
+        return None
+
+    def record(task: dict, outcome) -> None:
+        try:
+            result, cpu = outcome()
+        except Exception:  # noqa: BLE001 - one failed run must not lose the others; it is reported and listed
+            print(f"FAILED {task['key']}:\n{traceback.format_exc()}", flush=True)
+            failed.append(task["key"])
+            return
+        finished.add(task["key"])
+        done(task, result, cpu)
+
+    def late() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    if workers <= 1:
+        while not late() and (task := next_ready()) is not None:
+            record(task, lambda t=task: _work(t["fn"], prepare(t), threads))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            running = {}
+            while True:
+                while len(running) < workers and not late() and (task := next_ready()) is not None:
+                    running[pool.submit(_work, task["fn"], prepare(task), threads)] = task
+                if not running:
+                    break
+                for future in wait(running, return_when=FIRST_COMPLETED)[0]:
+                    record(running.pop(future), future.result)
+    if pending:
+        print(f"budget spent: {len(pending)} run(s) not started (run the same command again to go on)", flush=True)
+    return failed
 
 
 def main(argv=None) -> None:
@@ -349,6 +448,10 @@ def main(argv=None) -> None:
     parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot.json"),
                         help="the runs' results (JSON, resumable; outside --out so losing run folders loses no result)")
     parser.add_argument("--report_only", action="store_true", help="rewrite --results from --store")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each in its own process (a GPU machine with many cores: 8-16)")
+    parser.add_argument("--budget_s", type=float, default=None,
+                        help="start no run after this many wall seconds (finished runs are kept; run again to go on)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     store = Path(args.store).resolve()
@@ -357,7 +460,8 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)  # one thread: on a shared 2-core machine two spin and wait
-        per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads")  # runs keyed by these
+        # how and where the runs are made, not what they measure: a store may be filled in several sessions
+        per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s")
         settings = {k: v for k, v in vars(args).items() if k not in per_run}
         if summary.get("settings") not in (None, settings):
             raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
@@ -370,39 +474,63 @@ def main(argv=None) -> None:
                 print(f"pretrained {arm}: {done['checkpoint']} is gone; pretraining again (same seed)", flush=True)
                 del summary["pretraining"][arm]
 
+        session = {"device": _device_name(), "workers": args.jobs, "wall_s": 0.0}
+        summary.setdefault("sessions", []).append(session)
+        began = time.monotonic()
+
         def save(cpu: float) -> None:
             summary["cpu_seconds"] = round(summary["cpu_seconds"] + cpu, 1)
+            session["wall_s"] = round(time.monotonic() - began, 1)
             store.write_text(json.dumps(summary, indent=1))
 
         data, t = _timed(build_data, out, args)
         save(t)
         specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
-        for arm in PRETRAINED:
-            if arm in args.arms and arm not in summary["pretraining"]:
-                (result, t) = _timed(pretrain, specs[arm])
-                summary["pretraining"][arm] = result
-                save(t)
-                print(f"pretrained {arm}: {result['iterations']} iterations, {result['cpu_seconds']} CPU s", flush=True)
         finetune_settings = {"iterations": args.iterations, "val_interval": args.iterations, "mode": args.mode,
                              **backbone_settings(args.size)}
-        for seed in args.seeds:  # seed-major: a cut run covers every arm and shot count with fewer seeds
-            for shots in args.shots:
-                for arm in args.arms:
-                    key = f"{arm}/{shots}/{seed}"
-                    if key in summary["runs"]:
-                        continue
-                    job = {"arm": arm, "shots": shots, "seed": seed, "datalist": data["seg"],
-                           "settings": finetune_settings, "pretrained": summary["pretraining"].get(arm),
-                           "root": str(out / "finetune" / f"{arm}_n{shots}_s{seed}")}
-                    result, t = _timed(monai_unet if arm == "monai_unet" else finetune, job)
-                    summary["runs"][key] = result
-                    save(t)
-                    print(f"{key}: dice_fx {result['dice_fx']:.3f} ({result['train_cpu_s']} CPU s)", flush=True)
+        tasks = [{"key": f"pretrain/{arm}", "fn": pretrain, "job": specs[arm], "after": None}
+                 for arm in PRETRAINED if arm in args.arms and arm not in summary["pretraining"]]
+        for arm, shots, seed in job_order(args.seeds, args.shots, args.arms):
+            if f"{arm}/{shots}/{seed}" not in summary["runs"]:
+                job = {"arm": arm, "shots": shots, "seed": seed, "datalist": data["seg"], "settings": finetune_settings,
+                       "pretrained": None, "root": str(out / "finetune" / f"{arm}_n{shots}_s{seed}")}
+                tasks.append({"key": f"{arm}/{shots}/{seed}", "fn": monai_unet if arm == "monai_unet" else finetune,
+                              "job": job, "after": f"pretrain/{arm}" if arm in PRETRAINED else None})
+
+        def prepare(task: dict) -> dict:  # a fine-tuning run learns where its pretraining is when it starts
+            if task["key"].startswith("pretrain/"):
+                return task["job"]
+            return {**task["job"], "pretrained": summary["pretraining"].get(task["job"]["arm"])}
+
+        def done(task: dict, result: dict, cpu: float) -> None:
+            if task["key"].startswith("pretrain/"):
+                summary["pretraining"][result["arm"]] = result
+                print(f"pretrained {result['arm']}: {result['iterations']} iterations, {result['seconds']} s, "
+                      f"{result['cpu_seconds']} CPU s", flush=True)
+            else:
+                summary["runs"][task["key"]] = result
+                print(f"{task['key']}: dice_fx {result['dice_fx']:.3f} ({result['train_s']} s, "
+                      f"{result['train_cpu_s']} CPU s)", flush=True)
+            save(cpu)
+
+        deadline = None if args.budget_s is None else began + args.budget_s
+        failed = execute(tasks, args.jobs, args.threads, deadline, prepare, done,
+                         finished={f"pretrain/{a}" for a in summary["pretraining"]})
     runs = list(summary["runs"].values())
     tables = {"seg": table(runs), "paired": paired(runs), "equal_cpu": equal_cpu(runs)}
     print(tables["seg"], tables["paired"], tables["equal_cpu"], f"CPU {summary['cpu_seconds'] / 3600:.2f} h", sep="\n\n")
     if args.results:
         write_report(Path(args.results), summary, tables)
+    if not args.report_only and failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)} (their logs are under {out})")
+
+
+def _sessions(summary: dict) -> str:
+    """Where the runs were made: "; sessions: NVIDIA H200, 12 runs at a time, 9.0 min wall; ..." (none recorded
+    before the store kept them: then the shared 2-core machine, one run at a time)."""
+    parts = [f"{s['device']}, {s['workers']} run(s) at a time, {s['wall_s'] / 60:.1f} min wall"
+             for s in summary.get("sessions", [])]
+    return "; sessions: " + "; ".join(parts) if parts else ""
 
 
 BEGIN, END = "<!-- few_shot.py: begin (generated) -->", "<!-- few_shot.py: end -->"
@@ -418,16 +546,16 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
 
     lines = [BEGIN, "", "Reproduce (resumes where it stopped; `--report_only` rewrites this section):", "", "```bash",
              rel(summary["command"]), "```", "",
-             f"Spent so far: {summary['cpu_seconds'] / 3600:.2f} CPU-hours (data, pretraining, fine-tuning; shared "
-             f"2-core machine). Populations: pretraining seed {s['pretrain_seed']} ({s['pretrain_count']} images per "
+             f"Spent so far: {summary['cpu_seconds'] / 3600:.2f} CPU-hours (data, pretraining, fine-tuning){_sessions(summary)}."
+             f" Populations: pretraining seed {s['pretrain_seed']} ({s['pretrain_count']} images per "
              f"dataset), downstream seed {s['downstream_seed']} ({s['downstream_count']} images), disjoint patients, "
              f"rendered at {s['phantom_size']} px. Pretraining and fine-tuning at {s['size']} px, demo backbone; "
              f"fine-tuning mode `{s['mode']}`, {s['iterations']} iterations of batch {COMMON['batch_size']} in every "
              "arm.", "", "Pretraining (same iterations in every arm):", ""]
     for arm in PRETRAINED:
         if arm in pre:
-            lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations, {pre[arm]['cpu_seconds'] / 60:.1f} CPU-min,"
-                         f" fine-tuned from its {pre[arm]['key']}")
+            lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations, {pre[arm]['seconds'] / 60:.1f} min wall, "
+                         f"{pre[arm]['cpu_seconds'] / 60:.1f} CPU-min, fine-tuned from its {pre[arm]['key']}")
     lines += ["", f"### Segmentation: test Dice (`dice_fx`), 5 organs, {s['size']} px", "",
               "Mean ± sample standard deviation over seeds (number of seeds in brackets); each seed draws its own "
               "training images and training randomness, the same in every arm.", "", tables["seg"], "",

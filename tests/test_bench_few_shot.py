@@ -38,3 +38,65 @@ def test_equal_cpu_picks_the_nearest_curve_point():
             {"arm": "monai_unet", "shots": 4, "seed": 0, "dice_fx": 0.7, "train_cpu_s": 30.0,
              "curve": {"50": {"dice_fx": 0.5, "train_cpu_s": 30.0}, "200": {"dice_fx": 0.75, "train_cpu_s": 110.0}}}]
     assert "| 4 | 100 | 0.800 | 200, 110, 0.750 |" in few_shot.equal_cpu(runs)
+
+
+def test_equal_time_is_wall_time_on_a_gpu():
+    runs = [{"arm": "foundation_x", "shots": 4, "seed": 0, "dice_fx": 0.8, "train_cpu_s": 100.0, "train_s": 15.0,
+             "device": "NVIDIA H200"},
+            {"arm": "monai_unet", "shots": 4, "seed": 0, "dice_fx": 0.7, "train_cpu_s": 30.0, "train_s": 8.0,
+             "device": "NVIDIA H200",
+             "curve": {"50": {"dice_fx": 0.5, "train_cpu_s": 30.0, "train_s": 8.0},
+                       "200": {"dice_fx": 0.75, "train_cpu_s": 110.0, "train_s": 30.0}}}]
+    text = few_shot.equal_cpu(runs)
+    assert "wall s" in text and "| 4 | 15 | 0.800 | 50, 8, 0.500 |" in text  # by CPU time it would be 200
+
+
+def test_job_order_follows_the_issue_stages():
+    order = few_shot.job_order([0, 1], [2, 4, 8], list(few_shot.ARMS))
+    assert len(order) == 2 * 3 * 6 and len(set(order)) == len(order)
+    first = order[:16]  # (a), (b), (c), (f) at 2 and 4 images, seed by seed
+    assert {a for a, _, _ in first} == set(few_shot.FIRST_ARMS) and {n for _, n, _ in first} == {2, 4}
+    assert [s for _, _, s in first] == [0] * 8 + [1] * 8
+    assert {a for a, _, _ in order[16:24]} == {"fx_no_lock", "fx_no_teacher"}
+    assert {n for _, n, _ in order[24:]} == {8}
+
+
+def _double(job: dict) -> dict:  # a task for execute(), importable by its worker processes
+    if job["x"] < 0:
+        raise ValueError("negative")
+    return {"x": 2 * job["x"], "got": job.get("got")}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_execute_runs_dependencies_first_and_survives_a_failure(workers):
+    tasks = [{"key": "pre", "fn": _double, "job": {"x": 1}, "after": None},
+             {"key": "bad", "fn": _double, "job": {"x": -1}, "after": None},
+             {"key": "a", "fn": _double, "job": {"x": 3}, "after": "pre"},
+             {"key": "b", "fn": _double, "job": {"x": 4}, "after": "bad"},  # skipped: what it needs failed
+             {"key": "c", "fn": _double, "job": {"x": 5}, "after": None}]
+    results = {}
+
+    def prepare(task):  # what a dependent learns from its dependency when it starts
+        return {**task["job"], "got": results.get(task["after"], {}).get("x")}
+
+    def done(task, result, cpu):
+        assert cpu >= 0
+        results[task["key"]] = result
+
+    failed = few_shot.execute(tasks, workers, 1, None, prepare, done)
+    assert sorted(failed) == ["b", "bad"]
+    assert results == {"pre": {"x": 2, "got": None}, "a": {"x": 6, "got": 2}, "c": {"x": 10, "got": None}}
+
+
+def test_execute_starts_nothing_after_the_deadline():
+    import time
+
+    ran = []
+    tasks = [{"key": str(i), "fn": _double, "job": {"x": i}, "after": None} for i in range(3)]
+    failed = few_shot.execute(tasks, 1, 1, time.monotonic() - 1, lambda t: t["job"],
+                              lambda t, r, c: ran.append(t["key"]))
+    assert ran == [] and failed == []
+    # a dependency already finished in an earlier session counts as done
+    few_shot.execute([{"key": "a", "fn": _double, "job": {"x": 1}, "after": "pre"}], 1, 1, None, lambda t: t["job"],
+                     lambda t, r, c: ran.append(t["key"]), finished={"pre"})
+    assert ran == ["a"]

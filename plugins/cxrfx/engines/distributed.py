@@ -12,6 +12,7 @@ single-process run.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from torch import nn
 idist, _ = optional_import("ignite.distributed")
 Events, _ = optional_import("ignite.engine", name="Events")
 
-__all__ = ["setup", "rank", "world_size", "is_distributed", "all_gather_objects", "broadcast_buffers", "BufferSync"]
+__all__ = ["setup", "teardown", "rank", "world_size", "is_distributed", "all_gather_objects", "broadcast_buffers", "BufferSync"]
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -67,6 +68,25 @@ def setup(backend: str | None = None, log_all_ranks: bool = False) -> int:
     if dist.get_rank() > 0 and not log_all_ranks:
         logging.getLogger().setLevel(logging.WARNING)
     return dist.get_rank()
+
+
+def teardown() -> None:
+    """Leave the process group, every rank together (the bundles' ``finalize``); a no-op without one.
+
+    A barrier first, so that no rank destroys its group while another is still in a collective or writing, then
+    ``destroy_process_group`` while the interpreter is fully alive, then the garbage collector: a process group
+    whose last reference dies during interpreter shutdown can abort the process ("terminate called without an
+    active exception", SIGABRT on one rank after a finished run). ignite's own record of the group is reset too,
+    so nothing holds it afterwards.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    if idist.get_world_size() > 1:  # ignite adopted the group in setup(): let it destroy it and forget it
+        idist.finalize()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
 
 
 def all_gather_objects(obj) -> list:
