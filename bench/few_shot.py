@@ -488,10 +488,12 @@ def main(argv=None) -> None:
         specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
         finetune_settings = {"iterations": args.iterations, "val_interval": args.iterations, "mode": args.mode,
                              **backbone_settings(args.size)}
-        tasks = [{"key": f"pretrain/{arm}", "fn": pretrain, "job": specs[arm], "after": None}
-                 for arm in PRETRAINED if arm in args.arms and arm not in summary["pretraining"]]
+        tasks = []
         for arm, shots, seed in job_order(args.seeds, args.shots, args.arms):
             if f"{arm}/{shots}/{seed}" not in summary["runs"]:
+                if arm in PRETRAINED and arm not in summary["pretraining"] and f"pretrain/{arm}" not in [
+                        t["key"] for t in tasks]:  # each pretraining just before its first fine-tuning
+                    tasks.append({"key": f"pretrain/{arm}", "fn": pretrain, "job": specs[arm], "after": None})
                 job = {"arm": arm, "shots": shots, "seed": seed, "datalist": data["seg"], "settings": finetune_settings,
                        "pretrained": None, "root": str(out / "finetune" / f"{arm}_n{shots}_s{seed}")}
                 tasks.append({"key": f"{arm}/{shots}/{seed}", "fn": monai_unet if arm == "monai_unet" else finetune,
