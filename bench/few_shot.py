@@ -107,6 +107,11 @@ def _timed(fn, *args):
     return result, time.process_time() - start
 
 
+def _clocks() -> tuple[float, float]:
+    """This process's CPU seconds and the wall clock, read together."""
+    return time.process_time(), time.perf_counter()
+
+
 def _device_name() -> str:
     """Where the bundles train: the GPU's name, or "cpu"."""
     import torch
@@ -236,8 +241,9 @@ def monai_unet(job: dict) -> dict:
         net = UNet(2, 1, len(ORGANS), channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2).to(device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=MONAI_UNET_LR, weight_decay=1e-4)
         schedule = WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total)
-        loss_fn, done, curve, evaluating = DiceBCELoss(), 0, {}, [0.0, 0.0]
-        start = [time.process_time(), time.perf_counter()]
+        loss_fn, done, curve = DiceBCELoss(), 0, {}
+        trained = [0.0, 0.0]  # CPU and wall seconds spent training (evaluation is not training)
+        since = _clocks()
         while done < total:
             for b in loader:
                 net.train()
@@ -250,16 +256,14 @@ def monai_unet(job: dict) -> dict:
                 if done in points:
                     if device.type == "cuda":
                         torch.cuda.synchronize()
-                    before = [time.process_time(), time.perf_counter()]
+                    trained = [t + now - then for t, now, then in zip(trained, _clocks(), since)]
                     net.eval()
                     with torch.no_grad():
                         probs = [torch.sigmoid(net(t["image"].to(device))).cpu() for t in test]
                         masks = [t["mask"] for t in test]
-                    curve[done] = {"dice_fx": dice_fx(torch.cat(probs), torch.cat(masks)),  # evaluation is not training
-                                   "train_cpu_s": round(before[0] - start[0] - evaluating[0], 1),
-                                   "train_s": round(before[1] - start[1] - evaluating[1], 1)}
-                    evaluating = [e + now - b for e, now, b in zip(evaluating, (time.process_time(), time.perf_counter()),
-                                                                    before)]
+                    curve[done] = {"dice_fx": dice_fx(torch.cat(probs), torch.cat(masks)),
+                                   "train_cpu_s": round(trained[0], 1), "train_s": round(trained[1], 1)}
+                    since = _clocks()
                 if done >= total:
                     break
         return curve, sum(p.numel() for p in net.parameters())
@@ -369,9 +373,7 @@ def _work(fn, job: dict, threads: int) -> tuple[dict, float]:
     import torch
 
     torch.set_num_threads(threads)
-    start = time.process_time()
-    result = fn(job)
-    return result, time.process_time() - start
+    return _timed(fn, job)
 
 
 def execute(tasks: list[dict], workers: int, threads: int, deadline: float | None, prepare, done,
@@ -488,11 +490,11 @@ def main(argv=None) -> None:
         specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
         finetune_settings = {"iterations": args.iterations, "val_interval": args.iterations, "mode": args.mode,
                              **backbone_settings(args.size)}
-        tasks = []
+        tasks, queued = [], set()
         for arm, shots, seed in job_order(args.seeds, args.shots, args.arms):
             if f"{arm}/{shots}/{seed}" not in summary["runs"]:
-                if arm in PRETRAINED and arm not in summary["pretraining"] and f"pretrain/{arm}" not in [
-                        t["key"] for t in tasks]:  # each pretraining just before its first fine-tuning
+                if arm in PRETRAINED and arm not in summary["pretraining"] and arm not in queued:
+                    queued.add(arm)  # each pretraining just before its first fine-tuning
                     tasks.append({"key": f"pretrain/{arm}", "fn": pretrain, "job": specs[arm], "after": None})
                 job = {"arm": arm, "shots": shots, "seed": seed, "datalist": data["seg"], "settings": finetune_settings,
                        "pretrained": None, "root": str(out / "finetune" / f"{arm}_n{shots}_s{seed}")}

@@ -25,7 +25,8 @@ from torch import nn
 idist, _ = optional_import("ignite.distributed")
 Events, _ = optional_import("ignite.engine", name="Events")
 
-__all__ = ["setup", "teardown", "rank", "world_size", "is_distributed", "all_gather_objects", "broadcast_buffers", "BufferSync"]
+__all__ = ["setup", "teardown", "rank", "world_size", "is_distributed", "all_gather_objects", "broadcast_buffers",
+           "BufferSync"]
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
