@@ -10,10 +10,11 @@ warm-up + cosine and gradient clipping at 1:
 - ``monai``: MONAI's ``RetinaNet`` with a ResNet-18 FPN, set up as MONAI's lung-nodule bundle sets up its detector
   (``det_baseline.py``), base anchor shapes from the same boxes; AdamW 1e-3.
 
-Training data: the phantom's training split plus, by default (``--extra-train 600``), every image of a second
-phantom build of other patients (seed + 1); the held-out images stay the same. A learning curve showed the
-detector starved of data: with the 184 training images alone it reached held-out AP50 0.035 in 15 CPU-minutes,
-with 784 it passed 0.25 within 300 iterations.
+Data: the phantom (``--count 792``: 554 training, 119 validation, 119 test images) plus, by default
+(``--extra-train 1800``), every image of a second phantom build of other patients (seed + 1) for training; the
+held-out validation + test images (238, about 150 lesions) are scored. A learning curve showed the detector starved
+of data (184 training images: held-out AP50 0.035 in 15 CPU-minutes; 784: 0.34; 1984: 0.43 at 800 iterations) and
+80 held-out images with 50 lesions (the earlier setting) left a seed-to-seed spread of 0.26-0.58.
 
 Two budgets per seed: ``--iterations`` (400) and ``--budget-minutes`` (15) of training, counted as process CPU
 time / torch threads so that other jobs on the machine do not move it; a budget run's warm-up + cosine follows the
@@ -24,8 +25,13 @@ FROC (sensitivity at 1/8 ... 8 false positives per image, IoU >= 0.2 as NODE21, 
 conspicuity bin of the lesions' CNR (phantom ``meta.lesions``; < 1 subtle, 1-3 moderate, > 3 conspicuous) the
 AP50 (lesions outside the bin ignored) and the sensitivity at 1 false positive per image.
 
+Every run also keeps an exponential moving average of its weights (``--ema 0.99``, with TensorFlow's warm-up ramp
+``min(m, (1 + t) / (10 + t))``) and scores it beside its last iterate: a paired measurement of whether averaged
+(teacher-style) weights detect better than the last iterate of a cosine schedule.
+
 Every finished (arm, budget, seed) is stored in ``--results`` at once, so a cut run resumes where it stopped;
-runs of another setting (phantom, training set, threads) are kept under ``"superseded"``.
+several processes may fill one results file (it is rewritten under a lock): one per core, e.g. ``--arms cxrfx``
+and ``--arms monai``. Runs of another setting (phantom, training set, threads) are kept under ``"superseded"``.
 The CPU budget holds only on otherwise idle cores: on an oversubscribed machine the threads' waiting counts as
 CPU time (a run got 246 iterations instead of 578). Such a run goes under ``"excluded"`` in the results file with
 its reason; it is reported beside the table and run again. A run measured again once the machine was quiet goes
@@ -39,6 +45,10 @@ under ``"replaced"`` (the first measurement with its reason, also reported besid
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -145,10 +155,14 @@ class BudgetSchedule:
 
 
 def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations: int | None,
-          budget_s: float | None, eval_at: list[int] | None = None, on_point=None, save_to: Path | None = None) -> dict:
+          budget_s: float | None, eval_at: list[int] | None = None, on_point=None, save_to: Path | None = None,
+          ema: tuple[float, ...] = ()) -> dict:
+    """One run; with ``ema`` momenta, an exponential moving average of the weights per momentum is kept (its
+    update counted in the training budget) and scored beside the last iterate under ``result["ema"]["<m>"]``."""
     from monai.optimizers import WarmupCosineSchedule
 
     from cxrfx.data.multitask import build_sources
+    from cxrfx.engines.teacher import ema_update
     from cxrfx.networks.heads.detection import detection_loss
 
     torch.manual_seed(seed)
@@ -163,6 +177,7 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
     total = iterations or 10**9
     schedule = (WarmupCosineSchedule(optimizer, warmup_steps=max(1, total // 20), t_total=total)
                 if budget_s is None else BudgetSchedule(optimizer, budget_s))
+    averages = {m: copy.deepcopy(net).requires_grad_(False) for m in ema}
     start_cpu, start_wall, done, losses, points = cpu_seconds(), time.perf_counter(), 0, [], {}
     while done < total:
         for batch_data in loader:
@@ -180,6 +195,8 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             optimizer.step()
+            for m, average in averages.items():  # TensorFlow's ramp: early updates weigh more than m allows
+                ema_update(average, net, min(m, (1 + done) / (10 + done)), buffers="copy")
             used = cpu_seconds() - start_cpu
             if budget_s is not None:
                 schedule.step(used)
@@ -203,6 +220,15 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
               "train_wall_s": round(time.perf_counter() - start_wall, 1),
               "final_loss": round(float(np.mean(losses[-20:])), 4)}
     result.update(evaluate(net, eval_detector(), datalist, size, batch))
+    if averages:
+        result["ema"] = {}
+        last = copy.deepcopy(net.state_dict())
+        for m, average in averages.items():  # the arm's own detector, on the averaged weights
+            net.load_state_dict(average.state_dict())
+            result["ema"][f"{m:g}"] = evaluate(net, eval_detector(), datalist, size, batch)
+            if save_to is not None:
+                torch.save(average.state_dict(), save_to.with_name(f"{save_to.stem}_ema{m:g}.pt"))
+        net.load_state_dict(last)
     if eval_at:
         points[done] = {"train_cpu_s": result["train_cpu_s"], **{k: v for k, v in result.items() if k != "points"}}
         result["points"] = points
@@ -252,9 +278,43 @@ def evaluate(net, detector, datalist: str, size: int, batch: int) -> dict:
 
 # -------------------------------------------------------------------------------------------- report
 
-def curve_report(curves: dict) -> list[str]:
+def replaced_report(replaced: dict | None, setting: str = "") -> list[str]:
+    where = f" ({setting})" if setting else ""
+    return [f"Measured again{where}: `{key}` first gave AP50 {r['ap50']:.3f}, CPM {r['cpm']:.3f} in "
+            f"{r['iterations']} iterations ({r['reason']}); the table holds the later run.\n"
+            for key, r in (replaced or {}).items()]
+
+
+def ema_report(results: dict, budgets: list[str], meta: dict) -> list[str]:
+    """Last iterate against exponential moving averages of the weights, scored in the same runs (paired)."""
+    momenta = sorted({m for r in results.values() for m in r.get("ema", {})}, key=float)
+    lines = ["**Weight averaging** (an exponential moving average of the weights kept during each run, its update "
+             "counted in the budget, scored on the same held-out images as the run's last iterate; paired "
+             "differences over seeds)", "",
+             "| budget | arm | n | AP50 last iterate | " + " | ".join(
+                 f"AP50 EMA {m} | Δ EMA {m} | AP50 CNR ≥ 1 EMA {m} | CPM EMA {m}" for m in momenta) + " |",
+             "|---|---|---|---|" + "---|---|---|---|" * len(momenta)]
+    for budget in budgets:
+        for arm in ARMS:
+            runs = [r for r in results.values() if r["arm"] == arm and r["budget"] == budget and "ema" in r]
+            if not runs:
+                continue
+            cells = []
+            for m in momenta:
+                pairs = [(r["ema"][m], r) for r in runs if m in r["ema"]]
+                cells.append(f"{_ms([e['ap50'] for e, _ in pairs])} | "
+                             f"{_ms([e['ap50'] - r['ap50'] for e, r in pairs])} | "
+                             f"{_ms([e['ap50_visible'] for e, _ in pairs])} | {_ms([e['cpm'] for e, _ in pairs])}")
+            title = f"{meta['iterations']} it" if budget == "iterations" else f"{meta['budget_minutes']:g} CPU-min"
+            lines.append(f"| {title} | {arm} | {len(runs)} | {_ms([r['ap50'] for r in runs])} | "
+                         + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def curve_report(curves: dict, setting: str = "") -> list[str]:
     """The learning-curve study: held-out scores by training-set size and iterations (mean ± std over seeds)."""
-    lines = ["**Learning curve and training-set size** (one run per seed scored on the way; the learning-rate "
+    where = f"; {setting}" if setting else ""
+    lines = [f"**Learning curve and training-set size**{where} (one run per seed scored on the way; the learning-rate "
              "schedule is the full run's, so an early point is not a shorter run's end; CPU minutes since the start, "
              "the scoring of earlier points included)", "",
              "| arm | training images | iterations | train CPU min | n | AP50 | AP50 CNR ≥ 1 | CPM (FROC) | "
@@ -325,22 +385,27 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
                                 f"{pair['monai']['ap50']:.3f}")
     if per_seed:
         lines += ["AP50 per seed (paired): " + "; ".join(per_seed) + ".", ""]
-    for old in superseded or []:
-        m, runs = old["meta"], old["runs"]
-        cells = [f"{arm} {budget} {_ms([r['ap50'] for r in runs.values() if (r['arm'], r['budget']) == (arm, budget)])}"
-                 f" (n={sum((r['arm'], r['budget']) == (arm, budget) for r in runs.values())})"
-                 for arm in ARMS for budget in ("iterations", "time")
-                 if any((r["arm"], r["budget"]) == (arm, budget) for r in runs.values())]
-        lines += [f"Earlier setting ({m.get('train_images', 184)} training images, {m.get('threads', 2)} thread(s), "
-                  f"{m['budget_minutes']:g} min budget), held-out AP50: " + "; ".join(cells) + ".", ""]
+    if any("ema" in r for r in results.values()):
+        lines += ema_report(results, budgets, meta)
     if curves:
         lines += curve_report(curves)
     for key, r in (excluded or {}).items():
         lines += [f"Left out of the table: `{key}` (AP50 {r['ap50']:.3f}, CPM {r['cpm']:.3f}, {r['iterations']} "
                   f"iterations): {r['reason']}", ""]
-    for key, r in (replaced or {}).items():
-        lines += [f"Measured again: `{key}` first gave AP50 {r['ap50']:.3f}, CPM {r['cpm']:.3f} in {r['iterations']} "
-                  f"iterations ({r['reason']}); the table holds the later run.", ""]
+    lines += replaced_report(replaced)
+    for old in superseded or []:
+        m, runs = old["meta"], old.get("runs", {})
+        setting = (f"{m.get('train_images', 184)} training images, {m.get('eval_images', '?')} held-out images, "
+                   f"{m.get('threads', 2)} thread(s), {m['budget_minutes']:g} min budget")
+        cells = [f"{arm} {budget} {_ms([r['ap50'] for r in runs.values() if (r['arm'], r['budget']) == (arm, budget)])}"
+                 f" (n={sum((r['arm'], r['budget']) == (arm, budget) for r in runs.values())})"
+                 for arm in ARMS for budget in ("iterations", "time")
+                 if any((r["arm"], r["budget"]) == (arm, budget) for r in runs.values())]
+        if cells:
+            lines += [f"Earlier setting ({setting}), held-out AP50: " + "; ".join(cells) + ".", ""]
+        if old.get("curves"):
+            lines += curve_report(old["curves"], f"earlier setting: {setting}")
+        lines += replaced_report(old.get("replaced"), f"earlier setting: {setting}")
     lines.append(END)
     return "\n".join(lines)
 
@@ -380,12 +445,48 @@ def publish(stored: dict, meta: dict, doc: Path, readme: Path) -> None:
     print(text)
 
 
+@contextlib.contextmanager
+def locked_store(path: Path):
+    """The results file, read and (if the block ends normally) rewritten under an exclusive lock: runs of several
+    processes (one per core) go into one file without one overwriting another's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]  # hash() differs between processes
+    with open(Path(tempfile.gettempdir()) / f"cxrfx_quality_det_{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = json.loads(path.read_text()) if path.exists() else {"meta": {}, "runs": {}}
+        yield stored
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(stored, indent=1, default=float))
+        tmp.replace(path)
+
+
+SAME_SETTING = ("phantom_seed", "count", "size", "generator_version", "train_images", "threads")
+
+
+def adopt_setting(stored: dict, meta: dict) -> None:
+    """Make ``meta`` the stored setting. Runs, curves and re-measurements of another setting (held-out set,
+    training set, threads) move under ``"superseded"`` with the setting they were measured in, so they are
+    neither mixed into the new tables nor lost; runs listed as ``"excluded"`` are dropped to be run again."""
+    old = stored.get("meta") or {}
+    if old and {k: old.get(k) for k in SAME_SETTING} != {k: meta[k] for k in SAME_SETTING}:
+        moved = {k: stored.pop(k) for k in ("runs", "curves", "replaced", "excluded") if stored.get(k)}
+        if moved.get("runs") or moved.get("curves"):
+            print("stored runs are of another setting: kept under 'superseded', the table starts afresh")
+            stored.setdefault("superseded", []).append({"meta": old, **moved})
+        stored["runs"], stored["excluded"] = {}, {}
+    stored["meta"] = meta
+    stored.setdefault("runs", {})
+    for key in stored.get("excluded", {}):
+        stored["runs"].pop(key, None)  # a run measured on an oversubscribed machine: run it again
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=os.path.expanduser("~/.cache/cxrfx/bench/quality_det"))
     ap.add_argument("--models", default=os.path.expanduser("~/.cache/cxrfx/bench/quality_det_models"),
                     help="where each run's trained weights are saved (<arm>_<budget>_<seed>.pt)")
-    ap.add_argument("--count", type=int, default=264)
+    ap.add_argument("--count", type=int, default=792,
+                    help="phantom images (70 / 15 / 15 %% training / validation / test): 792 hold out 238 images")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--phantom-seed", type=int, default=1015)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -404,14 +505,18 @@ def main(argv=None) -> None:
     ap.add_argument("--curve", type=int, nargs="+", default=None,
                     help="learning-curve study instead of the arm table: iterations at which the held-out set is "
                          "scored during one run of max(CURVE) iterations (arms and seeds as given)")
-    ap.add_argument("--extra-train", type=int, default=600,
+    ap.add_argument("--ema", type=float, nargs="*", default=[0.99],
+                    help="momenta of weight averages kept during each run and scored beside its last iterate (the "
+                         "warm-up ramp caps the momentum at (1 + t) / (10 + t): 0.989 after 850 iterations, so a "
+                         "larger m changes nothing in runs of this length)")
+    ap.add_argument("--extra-train", type=int, default=1800,
                     help="add every image of another phantom build of this many images (seed + 1, other patients) "
                          "to the training split; held-out images unchanged (0: the phantom's own 184 only)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     results_path = Path(a.results)
-    stored = json.loads(results_path.read_text()) if results_path.exists() else {"meta": {}, "runs": {}}
     if a.report_only:  # the stored runs with the setting they were measured in, whatever this command line says
+        stored = json.loads(results_path.read_text())
         return publish(stored, stored["meta"], Path(a.doc), Path(a.readme))
     datalist = build_phantom(Path(a.data), a.count, a.size, a.phantom_seed)
     train_list = datalist
@@ -424,61 +529,57 @@ def main(argv=None) -> None:
     cnrs = np.array([les["cnr"] for it in held_out for les in it.get("meta", {}).get("lesions", [])])
     meta = {"phantom_seed": a.phantom_seed, "count": a.count, "size": a.size, "train_images": n_train,
             "iterations": a.iterations, "budget_minutes": a.budget_minutes, "threads": a.threads,
-            "eval_images": len(held_out), "eval_lesions": len(cnrs),
+            "eval_images": len(held_out), "eval_lesions": len(cnrs), "ema": list(a.ema),
             "generator_version": json.load(open(Path(a.data) / "phantom.json"))["params"]["generator_version"],
             "bin_counts": {b: int(((cnrs >= lo) & (cnrs < hi)).sum()) for b, (lo, hi) in BINS.items()}}
-    same = ("phantom_seed", "count", "size", "generator_version", "train_images", "threads")
-    if stored["meta"] and {k: stored["meta"].get(k) for k in same} != {k: meta[k] for k in same}:
-        if stored["runs"]:  # kept, with what they were measured on, not mixed into the new table
-            print("stored runs are of another setting: kept under 'superseded', the table starts afresh")
-            stored.setdefault("superseded", []).append({"meta": stored["meta"], "runs": stored["runs"]})
-        stored["runs"], stored["excluded"] = {}, {}
-    stored["meta"] = meta
-    for key in stored.get("excluded", {}):
-        stored["runs"].pop(key, None)  # a run measured on an oversubscribed machine: re-run it
-    if a.curve and not a.report_only:
-        curves = stored.setdefault("curves", {})
+    with locked_store(results_path) as stored:
+        adopt_setting(stored, meta)
+    models = Path(a.models)
+    if a.curve:
         for seed in a.seeds:
             for arm in a.arms:
                 key = f"{arm}/{max(a.curve)}/train{n_train}/{seed}"
-                if key in curves and not curves[key].get("partial"):
+                with locked_store(results_path) as stored:
+                    curve = stored.setdefault("curves", {}).get(key)
+                if curve is not None and not curve.get("partial"):
                     continue
                 print(f"curve {key} ...", flush=True)
 
                 def keep(points, key=key, arm=arm, seed=seed):
-                    curves[key] = {"arm": arm, "seed": seed, "train_images": n_train, "partial": True,
-                                   "points": dict(points)}
-                    results_path.parent.mkdir(parents=True, exist_ok=True)
-                    results_path.write_text(json.dumps(stored, indent=1, default=float))
+                    with locked_store(results_path) as stored:
+                        stored.setdefault("curves", {})[key] = {"arm": arm, "seed": seed, "train_images": n_train,
+                                                                "partial": True, "points": dict(points)}
 
                 r = train(arm, train_list, a.size, a.batch, seed, max(a.curve), None, eval_at=sorted(a.curve),
-                          on_point=keep, save_to=Path(a.models) / f"{key.replace('/', '_')}.pt")
+                          on_point=keep, save_to=models / f"{key.replace('/', '_')}.pt")
                 r.update(arm=arm, seed=seed, train_images=n_train)
-                curves[key] = r
-                results_path.parent.mkdir(parents=True, exist_ok=True)
-                results_path.write_text(json.dumps(stored, indent=1, default=float))
+                with locked_store(results_path) as stored:
+                    stored.setdefault("curves", {})[key] = r
                 for it, p in sorted(r["points"].items(), key=lambda kv: int(kv[0])):
                     print(f"  {it} it: AP50 {p['ap50']:.3f}, CNR>=1 {p['ap50_visible']:.3f}, CPM {p['cpm']:.3f}")
-    elif not a.report_only:
+    else:
         for budget in a.budgets:
             for seed in a.seeds:
                 for arm in a.arms:
                     key = f"{arm}/{budget}/{seed}"
-                    if key in stored["runs"]:
-                        continue
+                    with locked_store(results_path) as stored:
+                        if key in stored["runs"]:
+                            continue
                     print(f"{key} ...", flush=True)
                     r = train(arm, train_list, a.size, a.batch, seed,
                               a.iterations if budget == "iterations" else None,
                               a.budget_minutes * 60 if budget == "time" else None,
-                              save_to=Path(a.models) / f"{key.replace('/', '_')}.pt")
+                              save_to=models / f"{key.replace('/', '_')}.pt", ema=tuple(a.ema))
                     r.update(arm=arm, budget=budget, seed=seed)
-                    stored["runs"][key] = r
-                    stored.get("excluded", {}).pop(key, None)
-                    results_path.parent.mkdir(parents=True, exist_ok=True)
-                    results_path.write_text(json.dumps(stored, indent=1, default=float))
+                    with locked_store(results_path) as stored:
+                        stored["runs"][key] = r
+                        stored.get("excluded", {}).pop(key, None)
                     print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
-                          f"{r['iterations']} it, {r['train_wall_s']:.0f} s", flush=True)
-    publish(stored, meta, Path(a.doc), Path(a.readme))
+                          f"{r['iterations']} it, {r['train_wall_s']:.0f} s" +
+                          "".join(f"; EMA {m}: AP50 {e['ap50']:.3f}" for m, e in r.get("ema", {}).items()),
+                          flush=True)
+    with locked_store(results_path) as stored:
+        publish(stored, meta, Path(a.doc), Path(a.readme))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ def test_budget_run_spends_its_whole_budget(tmp_path):
     torch.set_num_threads(1)
     datalist = qd.build_phantom(tmp_path / "ph", count=12, size=64, seed=3)
     budget = 4.0
-    r = qd.train("cxrfx", datalist, 64, 2, 0, None, budget, save_to=tmp_path / "models" / "cxrfx_time_0.pt")
+    r = qd.train("cxrfx", datalist, 64, 2, 0, None, budget, save_to=tmp_path / "models" / "cxrfx_time_0.pt",
+                 ema=(0.9,))
     assert r["train_cpu_s"] >= budget
     assert r["iterations"] > 10
     assert math.isfinite(r["final_loss"])
@@ -53,6 +54,13 @@ def test_budget_run_spends_its_whole_budget(tmp_path):
     net, _, eval_detector, _ = qd.cxrfx_arm(datalist, 64, str(tmp_path))
     net.load_state_dict(torch.load(tmp_path / "models" / "cxrfx_time_0.pt"))
     assert qd.evaluate(net, eval_detector(), datalist, 64, 2)["ap50"] == pytest.approx(r["ap50"])
+    # the weight average is its own model, saved beside the last iterate, and scores as the run reported it
+    average = torch.load(tmp_path / "models" / "cxrfx_time_0_ema0.9.pt")
+    last = torch.load(tmp_path / "models" / "cxrfx_time_0.pt")
+    assert any(not torch.equal(average[k], last[k]) for k in last if last[k].is_floating_point())
+    net.load_state_dict(average)
+    scored = qd.evaluate(net, eval_detector(), datalist, 64, 2)
+    assert scored["ap50"] == pytest.approx(r["ema"]["0.9"]["ap50"]) and scored["cpm"] == r["ema"]["0.9"]["cpm"]
 
 
 def test_report_only_writes_both_tables_from_the_stored_runs(tmp_path):
@@ -78,3 +86,58 @@ def test_report_only_writes_both_tables_from_the_stored_runs(tmp_path):
                    and line.startswith("| 15 CPU-minutes" if budget == "time" else "| 400 iterations"))
         assert f"| {len(runs)} |" in row
         assert qd._ms([r["ap50"] for r in runs]) in row
+
+
+def _add_runs(results: str, prefix: str, n: int) -> None:
+    qd = _module()
+    for i in range(n):
+        with qd.locked_store(Path(results)) as stored:
+            stored["runs"][f"{prefix}/{i}"] = {"i": i}
+
+
+def test_two_processes_fill_one_results_file(tmp_path):
+    """One benchmark process per core, one results file: neither overwrites the other's runs."""
+    import multiprocessing
+
+    results = str(tmp_path / "q.json")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_add_runs, args=(results, name, 25)) for name in ("cxrfx", "monai")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    runs = json.loads(Path(results).read_text())["runs"]
+    assert sorted(runs) == sorted(f"{name}/{i}" for name in ("cxrfx", "monai") for i in range(25))
+
+
+def test_a_new_setting_keeps_the_old_runs_curves_and_remeasurements_apart():
+    qd = _module()
+    stored = json.loads((ROOT / "bench" / "results" / "quality_det.json").read_text())
+    old_meta = dict(stored["meta"])
+    before = {k: stored.get(k) for k in ("runs", "curves", "replaced")}
+    meta = {**old_meta, "count": old_meta["count"] * 3, "eval_images": 238, "train_images": 2354}
+    qd.adopt_setting(stored, meta)
+    assert stored["meta"] == meta and stored["runs"] == {} and "curves" not in stored and "replaced" not in stored
+    moved = stored["superseded"][-1]
+    assert moved["meta"] == old_meta and {k: moved.get(k) for k in before} == before
+    text = qd.report(stored["runs"], meta, curves=stored.get("curves"), superseded=stored["superseded"])
+    setting = f"{old_meta['train_images']} training images, {old_meta['eval_images']} held-out images"
+    assert f"Earlier setting ({setting}" in text and f"Measured again (earlier setting: {setting}" in text
+    assert f"**Learning curve and training-set size**; earlier setting: {setting}" in text
+    qd.adopt_setting(stored, dict(meta))  # the same setting again: nothing moves
+    assert len(stored["superseded"]) == len(json.loads((ROOT / "bench" / "results" / "quality_det.json")
+                                                       .read_text()).get("superseded", [])) + 1
+
+
+def test_weight_average_table_pairs_each_run_with_its_average():
+    qd = _module()
+    run = {"iterations": 10, "train_wall_s": 60.0, "ap50_per_class": {"0": 0.1, "1": 0.2}, "map40_fx": 0.2,
+           "coco_map": 0.1, "ap50_visible": 0.2, "cpm": 0.3, "froc": [0.1] * 7,
+           "bins": {b: {"ap50": 0.1, "sens_1fp": 0.2} for b in qd.BINS}}
+    results = {f"cxrfx/time/{s}": {**run, "arm": "cxrfx", "budget": "time", "seed": s, "ap50": 0.30 + s / 10,
+                                   "ema": {"0.99": {**run, "ap50": 0.40 + s / 10}}} for s in range(2)}
+    meta = json.loads((ROOT / "bench" / "results" / "quality_det.json").read_text())["meta"]
+    text = qd.report(results, meta)
+    row = next(line for line in text.splitlines() if line.startswith("| 15 CPU-min | cxrfx |"))
+    assert "| 2 | 0.350 ± 0.071 | 0.450 ± 0.071 | 0.100 ± 0.000 |" in row
