@@ -285,6 +285,37 @@ def replaced_report(replaced: dict | None, setting: str = "") -> list[str]:
             for key, r in (replaced or {}).items()]
 
 
+DEFAULT_ITERATIONS, DEFAULT_MINUTES = 400, 15.0
+
+
+def budget_label(kind: str, size: float) -> str:
+    """A run's budget as stored in its key: ``"iterations"`` / ``"time"`` at the defaults (400 iterations, 15
+    CPU-minutes), ``"iterations1600"`` / ``"time30"`` otherwise, so a table at another budget sits beside them."""
+    default = DEFAULT_ITERATIONS if kind == "iterations" else DEFAULT_MINUTES
+    return kind if size == default else f"{kind}{size:g}"
+
+
+def budget_size(label: str) -> tuple[str, float]:
+    """(kind, size) of a budget label: ("time", 15.0) for ``"time"``, ("iterations", 1600.0) for ``"iterations1600"``."""
+    kind = "iterations" if label.startswith("iterations") else "time"
+    rest = label[len(kind):]
+    return kind, float(rest) if rest else float(DEFAULT_ITERATIONS if kind == "iterations" else DEFAULT_MINUTES)
+
+
+def budget_order(label: str) -> tuple[bool, float]:
+    kind, size = budget_size(label)
+    return kind != "iterations", size
+
+
+def budget_title(label: str, meta: dict, short: bool = False) -> str:
+    kind, size = budget_size(label)
+    if kind == "iterations":
+        return f"{size:g} it" if short else f"{size:g} iterations"
+    if short:
+        return f"{size:g} CPU-min"
+    return f"{size:g} CPU-minutes ({meta.get('threads', 2)} torch thread(s); process CPU time / threads)"
+
+
 def ema_report(results: dict, budgets: list[str], meta: dict) -> list[str]:
     """Last iterate against exponential moving averages of the weights, scored in the same runs (paired)."""
     momenta = sorted({m for r in results.values() for m in r.get("ema", {})}, key=float)
@@ -305,7 +336,7 @@ def ema_report(results: dict, budgets: list[str], meta: dict) -> list[str]:
                 cells.append(f"{_ms([e['ap50'] for e, _ in pairs])} | "
                              f"{_ms([e['ap50'] - r['ap50'] for e, r in pairs])} | "
                              f"{_ms([e['ap50_visible'] for e, _ in pairs])} | {_ms([e['cpm'] for e, _ in pairs])}")
-            title = f"{meta['iterations']} it" if budget == "iterations" else f"{meta['budget_minutes']:g} CPU-min"
+            title = budget_title(budget, meta, short=True)
             lines.append(f"| {title} | {arm} | {len(runs)} | {_ms([r['ap50'] for r in runs])} | "
                          + " | ".join(cells) + " |")
     return lines + [""]
@@ -335,7 +366,7 @@ def curve_report(curves: dict, setting: str = "") -> list[str]:
 
 def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict | None = None,
            superseded: list | None = None, replaced: dict | None = None) -> str:
-    budgets = sorted({r["budget"] for r in results.values()}, key=lambda b: (b != "iterations", b))
+    budgets = sorted({r["budget"] for r in results.values()}, key=budget_order)
     lines = [BEGIN, "", f"Phantom `phantom_det` seed {meta['phantom_seed']}, {meta['count']} images at "
              f"{meta['size']} px (generator version {meta['generator_version']}), trained on "
              f"{meta.get('train_images', '?')} images (its training split plus, where more, every image of a second "
@@ -345,9 +376,7 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
              "Reproduce: `python bench/quality_det.py --threads 1 --seeds 0 1 2` (resumes; `--report-only` rewrites "
              "this).", ""]
     for budget in budgets:
-        title = (f"{meta['iterations']} iterations" if budget == "iterations"
-                 else f"{meta['budget_minutes']:g} CPU-minutes ({meta.get('threads', 2)} torch thread(s); "
-                      "process CPU time / threads)")
+        title = budget_title(budget, meta)
         lines += [f"**Budget: {title}**", "",
                   "| arm | n | iterations | train wall min | AP50 | AP50 nodule | AP50 mass | map40_fx | COCO mAP | "
                   "AP50 CNR ≥ 1 | CPM (FROC) |",
@@ -381,7 +410,7 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
         for seed in sorted({r["seed"] for r in results.values()}):
             pair = {arm: results.get(f"{arm}/{budget}/{seed}") for arm in ARMS}
             if all(pair.values()):
-                per_seed.append(f"{budget} seed {seed}: cxrfx {pair['cxrfx']['ap50']:.3f} vs monai "
+                per_seed.append(f"{budget_title(budget, meta, short=True)} seed {seed}: cxrfx {pair['cxrfx']['ap50']:.3f} vs monai "
                                 f"{pair['monai']['ap50']:.3f}")
     if per_seed:
         lines += ["AP50 per seed (paired): " + "; ".join(per_seed) + ".", ""]
@@ -399,7 +428,7 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
                    f"{m.get('threads', 2)} thread(s), {m['budget_minutes']:g} min budget")
         cells = [f"{arm} {budget} {_ms([r['ap50'] for r in runs.values() if (r['arm'], r['budget']) == (arm, budget)])}"
                  f" (n={sum((r['arm'], r['budget']) == (arm, budget) for r in runs.values())})"
-                 for arm in ARMS for budget in ("iterations", "time")
+                 for arm in ARMS for budget in sorted({r["budget"] for r in runs.values()}, key=budget_order)
                  if any((r["arm"], r["budget"]) == (arm, budget) for r in runs.values())]
         if cells:
             lines += [f"Earlier setting ({setting}), held-out AP50: " + "; ".join(cells) + ".", ""]
@@ -412,7 +441,8 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
 
 def readme_table(results: dict, meta: dict) -> str:
     """The bundle README's performance table: each budget, both arms, mean ± std over seeds."""
-    budgets = sorted({r["budget"] for r in results.values()}, key=lambda b: (b != "time", b))
+    budgets = sorted({r["budget"] for r in results.values()}, key=lambda b: (budget_size(b)[0] != "time",
+                                                                              budget_size(b)[1]))
     lines = [README_BEGIN, "", f"From scratch on the {meta['size']} px phantom (`bench/quality_det.py`; "
              f"{meta.get('train_images', '?')} training images of synthetic patients, {meta['eval_images']} held-out "
              f"images with {meta['eval_lesions']} lesions, {meta['bin_counts']['subtle']} of them subtle), "
@@ -420,7 +450,7 @@ def readme_table(results: dict, meta: dict) -> str:
              "| budget | detector | seeds | iterations | AP50 | AP50, lesions with CNR ≥ 1 | FROC CPM |",
              "|---|---|---|---|---|---|---|"]
     for budget in budgets:
-        title = (f"{meta['budget_minutes']:g} CPU-minutes" if budget == "time" else f"{meta['iterations']} iterations")
+        title = budget_title(budget, meta).split(" (")[0]
         for arm in ARMS:
             runs = [r for r in results.values() if r["arm"] == arm and r["budget"] == budget]
             if runs:
@@ -492,8 +522,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--budgets", nargs="+", default=["iterations", "time"], choices=["iterations", "time"])
-    ap.add_argument("--iterations", type=int, default=400)
-    ap.add_argument("--budget-minutes", type=float, default=15.0)
+    ap.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
+    ap.add_argument("--budget-minutes", type=float, default=DEFAULT_MINUTES,
+                    help="the CPU budget; other than 15, its runs form a table of their own (keys 'time30', ...)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--results", default=str(HERE / "results" / "quality_det.json"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
@@ -558,7 +589,8 @@ def main(argv=None) -> None:
                 for it, p in sorted(r["points"].items(), key=lambda kv: int(kv[0])):
                     print(f"  {it} it: AP50 {p['ap50']:.3f}, CNR>=1 {p['ap50_visible']:.3f}, CPM {p['cpm']:.3f}")
     else:
-        for budget in a.budgets:
+        for kind in a.budgets:
+            budget = budget_label(kind, a.iterations if kind == "iterations" else a.budget_minutes)
             for seed in a.seeds:
                 for arm in a.arms:
                     key = f"{arm}/{budget}/{seed}"
@@ -567,8 +599,8 @@ def main(argv=None) -> None:
                             continue
                     print(f"{key} ...", flush=True)
                     r = train(arm, train_list, a.size, a.batch, seed,
-                              a.iterations if budget == "iterations" else None,
-                              a.budget_minutes * 60 if budget == "time" else None,
+                              a.iterations if kind == "iterations" else None,
+                              a.budget_minutes * 60 if kind == "time" else None,
                               save_to=models / f"{key.replace('/', '_')}.pt", ema=tuple(a.ema))
                     r.update(arm=arm, budget=budget, seed=seed)
                     with locked_store(results_path) as stored:

@@ -113,7 +113,10 @@ def test_two_processes_fill_one_results_file(tmp_path):
 
 def test_a_new_setting_keeps_the_old_runs_curves_and_remeasurements_apart():
     qd = _module()
-    stored = json.loads((ROOT / "bench" / "results" / "quality_det.json").read_text())
+    # a setting with runs, learning curves and re-measurements: the 80-image held-out setting, as it was stored
+    earlier = next(e for e in json.loads((ROOT / "bench" / "results" / "quality_det.json").read_text())["superseded"]
+                   if e.get("curves") and e.get("replaced"))
+    stored = {k: v for k, v in earlier.items()}
     old_meta = dict(stored["meta"])
     before = {k: stored.get(k) for k in ("runs", "curves", "replaced")}
     meta = {**old_meta, "count": old_meta["count"] * 3, "eval_images": 238, "train_images": 2354}
@@ -126,8 +129,7 @@ def test_a_new_setting_keeps_the_old_runs_curves_and_remeasurements_apart():
     assert f"Earlier setting ({setting}" in text and f"Measured again (earlier setting: {setting}" in text
     assert f"**Learning curve and training-set size**; earlier setting: {setting}" in text
     qd.adopt_setting(stored, dict(meta))  # the same setting again: nothing moves
-    assert len(stored["superseded"]) == len(json.loads((ROOT / "bench" / "results" / "quality_det.json")
-                                                       .read_text()).get("superseded", [])) + 1
+    assert len(stored["superseded"]) == 1 and stored["runs"] == {}
 
 
 def test_weight_average_table_pairs_each_run_with_its_average():
@@ -141,3 +143,22 @@ def test_weight_average_table_pairs_each_run_with_its_average():
     text = qd.report(results, meta)
     row = next(line for line in text.splitlines() if line.startswith("| 15 CPU-min | cxrfx |"))
     assert "| 2 | 0.350 ± 0.071 | 0.450 ± 0.071 | 0.100 ± 0.000 |" in row
+
+
+def test_another_budget_gets_a_table_of_its_own():
+    """A 30-minute run neither collides with the 15-minute runs' keys nor relabels their table."""
+    qd = _module()
+    assert [qd.budget_label("time", 15.0), qd.budget_label("time", 30.0), qd.budget_label("iterations", 400),
+            qd.budget_label("iterations", 1600)] == ["time", "time30", "iterations", "iterations1600"]
+    for label in ("time", "time30", "iterations", "iterations1600", "time7.5"):
+        assert qd.budget_label(*qd.budget_size(label)) == label
+    stored = json.loads((ROOT / "bench" / "results" / "quality_det.json").read_text())
+    runs = {k: r for k, r in stored["runs"].items() if r["budget"] == "time"}
+    runs.update({k.replace("/time/", "/time30/"): {**r, "budget": "time30", "ap50": 0.9} for k, r in runs.items()})
+    text = qd.report(runs, {**stored["meta"], "budget_minutes": 30.0})
+    assert "**Budget: 15 CPU-minutes" in text and "**Budget: 30 CPU-minutes" in text
+    assert text.index("**Budget: 15 CPU-minutes") < text.index("**Budget: 30 CPU-minutes")
+    fifteen = text[text.index("**Budget: 15"):text.index("**Budget: 30")]
+    assert "0.900" not in fifteen and "0.900" in text[text.index("**Budget: 30"):]
+    table = qd.readme_table(runs, stored["meta"])
+    assert "| 15 CPU-minutes | this bundle" in table and "| 30 CPU-minutes | this bundle" in table
