@@ -296,7 +296,8 @@ def budget_label(kind: str, size: float) -> str:
 
 
 def budget_size(label: str) -> tuple[str, float]:
-    """(kind, size) of a budget label: ("time", 15.0) for ``"time"``, ("iterations", 1600.0) for ``"iterations1600"``."""
+    """(kind, size) of a budget label: ("time", 15.0) for ``"time"``, ("iterations", 1600.0) for
+    ``"iterations1600"``."""
     kind = "iterations" if label.startswith("iterations") else "time"
     rest = label[len(kind):]
     return kind, float(rest) if rest else float(DEFAULT_ITERATIONS if kind == "iterations" else DEFAULT_MINUTES)
@@ -307,16 +308,14 @@ def budget_order(label: str) -> tuple[bool, float]:
     return kind != "iterations", size
 
 
-def budget_title(label: str, meta: dict, short: bool = False) -> str:
+def budget_title(label: str, short: bool = False) -> str:
     kind, size = budget_size(label)
     if kind == "iterations":
         return f"{size:g} it" if short else f"{size:g} iterations"
-    if short:
-        return f"{size:g} CPU-min"
-    return f"{size:g} CPU-minutes ({meta.get('threads', 2)} torch thread(s); process CPU time / threads)"
+    return f"{size:g} CPU-min" if short else f"{size:g} CPU-minutes"
 
 
-def ema_report(results: dict, budgets: list[str], meta: dict) -> list[str]:
+def ema_report(results: dict, budgets: list[str]) -> list[str]:
     """Last iterate against exponential moving averages of the weights, scored in the same runs (paired)."""
     momenta = sorted({m for r in results.values() for m in r.get("ema", {})}, key=float)
     lines = ["**Weight averaging** (an exponential moving average of the weights kept during each run, its update "
@@ -336,7 +335,7 @@ def ema_report(results: dict, budgets: list[str], meta: dict) -> list[str]:
                 cells.append(f"{_ms([e['ap50'] for e, _ in pairs])} | "
                              f"{_ms([e['ap50'] - r['ap50'] for e, r in pairs])} | "
                              f"{_ms([e['ap50_visible'] for e, _ in pairs])} | {_ms([e['cpm'] for e, _ in pairs])}")
-            title = budget_title(budget, meta, short=True)
+            title = budget_title(budget, short=True)
             lines.append(f"| {title} | {arm} | {len(runs)} | {_ms([r['ap50'] for r in runs])} | "
                          + " | ".join(cells) + " |")
     return lines + [""]
@@ -376,7 +375,9 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
              "Reproduce: `python bench/quality_det.py --threads 1 --seeds 0 1 2` (resumes; `--report-only` rewrites "
              "this).", ""]
     for budget in budgets:
-        title = budget_title(budget, meta)
+        title = budget_title(budget)
+        if budget_size(budget)[0] == "time":
+            title += f" ({meta.get('threads', 2)} torch thread(s); process CPU time / threads)"
         lines += [f"**Budget: {title}**", "",
                   "| arm | n | iterations | train wall min | AP50 | AP50 nodule | AP50 mass | map40_fx | COCO mAP | "
                   "AP50 CNR ≥ 1 | CPM (FROC) |",
@@ -410,12 +411,12 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
         for seed in sorted({r["seed"] for r in results.values()}):
             pair = {arm: results.get(f"{arm}/{budget}/{seed}") for arm in ARMS}
             if all(pair.values()):
-                per_seed.append(f"{budget_title(budget, meta, short=True)} seed {seed}: cxrfx {pair['cxrfx']['ap50']:.3f} vs monai "
-                                f"{pair['monai']['ap50']:.3f}")
+                per_seed.append(f"{budget_title(budget, short=True)} seed {seed}: cxrfx "
+                                f"{pair['cxrfx']['ap50']:.3f} vs monai {pair['monai']['ap50']:.3f}")
     if per_seed:
         lines += ["AP50 per seed (paired): " + "; ".join(per_seed) + ".", ""]
     if any("ema" in r for r in results.values()):
-        lines += ema_report(results, budgets, meta)
+        lines += ema_report(results, budgets)
     if curves:
         lines += curve_report(curves)
     for key, r in (excluded or {}).items():
@@ -441,8 +442,8 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
 
 def readme_table(results: dict, meta: dict) -> str:
     """The bundle README's performance table: each budget, both arms, mean ± std over seeds."""
-    budgets = sorted({r["budget"] for r in results.values()}, key=lambda b: (budget_size(b)[0] != "time",
-                                                                              budget_size(b)[1]))
+    budgets = sorted({r["budget"] for r in results.values()},  # the time budget first: the bundle's headline
+                     key=lambda b: (not budget_order(b)[0], budget_order(b)[1]))
     lines = [README_BEGIN, "", f"From scratch on the {meta['size']} px phantom (`bench/quality_det.py`; "
              f"{meta.get('train_images', '?')} training images of synthetic patients, {meta['eval_images']} held-out "
              f"images with {meta['eval_lesions']} lesions, {meta['bin_counts']['subtle']} of them subtle), "
@@ -450,7 +451,7 @@ def readme_table(results: dict, meta: dict) -> str:
              "| budget | detector | seeds | iterations | AP50 | AP50, lesions with CNR ≥ 1 | FROC CPM |",
              "|---|---|---|---|---|---|---|"]
     for budget in budgets:
-        title = budget_title(budget, meta).split(" (")[0]
+        title = budget_title(budget)
         for arm in ARMS:
             runs = [r for r in results.values() if r["arm"] == arm and r["budget"] == budget]
             if runs:
@@ -475,6 +476,11 @@ def publish(stored: dict, meta: dict, doc: Path, readme: Path) -> None:
     print(text)
 
 
+def read_store(path: Path) -> dict:
+    """The results file as it is now (written by atomic renames: a read never sees half a file)."""
+    return json.loads(path.read_text()) if path.exists() else {"meta": {}, "runs": {}}
+
+
 @contextlib.contextmanager
 def locked_store(path: Path):
     """The results file, read and (if the block ends normally) rewritten under an exclusive lock: runs of several
@@ -483,7 +489,7 @@ def locked_store(path: Path):
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]  # hash() differs between processes
     with open(Path(tempfile.gettempdir()) / f"cxrfx_quality_det_{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        stored = json.loads(path.read_text()) if path.exists() else {"meta": {}, "runs": {}}
+        stored = read_store(path)
         yield stored
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(stored, indent=1, default=float))
@@ -570,8 +576,7 @@ def main(argv=None) -> None:
         for seed in a.seeds:
             for arm in a.arms:
                 key = f"{arm}/{max(a.curve)}/train{n_train}/{seed}"
-                with locked_store(results_path) as stored:
-                    curve = stored.setdefault("curves", {}).get(key)
+                curve = read_store(results_path).get("curves", {}).get(key)
                 if curve is not None and not curve.get("partial"):
                     continue
                 print(f"curve {key} ...", flush=True)
@@ -594,9 +599,8 @@ def main(argv=None) -> None:
             for seed in a.seeds:
                 for arm in a.arms:
                     key = f"{arm}/{budget}/{seed}"
-                    with locked_store(results_path) as stored:
-                        if key in stored["runs"]:
-                            continue
+                    if key in read_store(results_path)["runs"]:
+                        continue
                     print(f"{key} ...", flush=True)
                     r = train(arm, train_list, a.size, a.batch, seed,
                               a.iterations if kind == "iterations" else None,
@@ -610,8 +614,7 @@ def main(argv=None) -> None:
                           f"{r['iterations']} it, {r['train_wall_s']:.0f} s" +
                           "".join(f"; EMA {m}: AP50 {e['ap50']:.3f}" for m, e in r.get("ema", {}).items()),
                           flush=True)
-    with locked_store(results_path) as stored:
-        publish(stored, meta, Path(a.doc), Path(a.readme))
+    publish(read_store(results_path), meta, Path(a.doc), Path(a.readme))
 
 
 if __name__ == "__main__":
