@@ -56,9 +56,10 @@ def test_phantom_layout_and_datalists(phantom):
 
 
 def test_phantom_is_deterministic_for_a_seed(phantom, tmp_path):
-    out, _ = phantom
-    again = tmp_path / "again"
-    generate_phantom(str(again), count=12, size=SIZE, seed=3, verbose=False)
+    out, summary = phantom
+    assert summary["workers"] == 1  # 36 images: below the size where forking workers pays
+    again = tmp_path / "again"  # built by two forked workers: the same bytes as the serial build
+    assert generate_phantom(str(again), count=12, size=SIZE, seed=3, verbose=False, workers=2)["workers"] == 2
     assert _files(out) == _files(again)
     for rel in _files(out):
         if rel == "phantom.json":

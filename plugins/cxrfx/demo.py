@@ -135,7 +135,8 @@ def run_demo(out: str = "runs/demo", count: int | None = None, size: int | None 
               f"real radiographs. Nothing here is clinical.\n\n"
               f"Phantom: {summary['params']}, images {summary['image_shape'][1]} x "
               f"{summary['image_shape'][0]} px (W x H), detector pixel {summary['pixel_mm']:.3f} mm.\n"
-              f"Generation: {summary['seconds']:.1f} s (CT load and preparation {summary['setup_seconds']:.1f} s).\n"
+              f"Generation: {summary['seconds']:.1f} s (CT load and preparation {summary['setup_seconds']:.1f} s; "
+              f"{summary.get('workers', 1)} rendering process(es)).\n"
               f"All datalists and files validated.\n\n{summary_table(summary)}\n\n"
               f"Data overlays: [overlays.png](overlays.png)\n")
     if train:

