@@ -105,11 +105,12 @@ def _render_item(job: tuple[str, int, int, str, str, int]) -> tuple[str, dict[st
 
 def _worker_count(workers: int | None, images: int) -> int:
     """``workers`` as given, or (None) one per core for builds of 48 images or more. Workers are forked so they
-    share the prepared CT; where fork is not the platform's safe default (Windows, macOS) the build is serial."""
-    if not sys.platform.startswith("linux"):
-        return 1
+    share the prepared CT; where fork is not the platform's safe default (Windows, macOS) the build is serial, as
+    it is inside a daemonic process."""
+    if not sys.platform.startswith("linux") or multiprocessing.current_process().daemon:
+        return 1  # a daemonic process (a data-loader worker) may not start children
     if workers is None:
-        workers = (os.cpu_count() or 1) if images >= 48 else 1
+        workers = len(os.sched_getaffinity(0)) if images >= 48 else 1
     return max(1, min(int(workers), images))
 
 
