@@ -82,8 +82,8 @@ def test_report_only_writes_both_tables_from_the_stored_runs(tmp_path):
     for key in stored["runs"]:
         arm, budget, _ = key.split("/")
         runs = [r for r in stored["runs"].values() if (r["arm"], r["budget"]) == (arm, budget)]
-        row = next(line for line in table.splitlines() if f"| {qd.ARM_TEXT[arm]} |" in line
-                   and line.startswith("| 15 CPU-minutes" if budget == "time" else "| 400 iterations"))
+        row = next(line for line in table.splitlines() if f"| {qd.ARM_TEXT[arm]} |" in line  # e.g. "30 CPU-minutes"
+                   and line.startswith(f"| {qd.budget_title(budget)} |"))
         assert f"| {len(runs)} |" in row
         assert qd._ms([r["ap50"] for r in runs]) in row
 
