@@ -72,6 +72,24 @@ def test_phantom_is_deterministic_for_a_seed(phantom, tmp_path):
     assert not np.array_equal(a, b)
 
 
+def test_a_worker_error_stops_the_build_and_leaves_no_manifest(tmp_path, monkeypatch):
+    """An image that fails in a forked worker raises in the caller (the pool is torn down), and the manifest that
+    marks a finished build is not written, so the next call builds again instead of reusing a partial one."""
+    from cxrfx.data.phantom import writer
+
+    real = writer._write_sample
+
+    def failing(root, name, ident, *args, **kwargs):
+        if ident.endswith("_0005"):
+            raise ValueError(f"disk full writing {ident}")
+        return real(root, name, ident, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "_write_sample", failing)  # the forked workers inherit the patch
+    with pytest.raises(ValueError, match="phantom_cls_0005"):
+        generate_phantom(str(tmp_path / "ph"), count=12, size=SIZE, seed=3, verbose=False, workers=2)
+    assert not (tmp_path / "ph" / "phantom.json").exists()
+
+
 def test_phantom_reuses_an_identical_build(phantom, capsys):
     out, _ = phantom
     before = os.path.getmtime(out / "phantom_cls" / "datalist.json")

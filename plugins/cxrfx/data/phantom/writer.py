@@ -11,6 +11,7 @@ from its own generator seeded by (seed, dataset, index), so output is determinis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -162,19 +163,18 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
                                "pixel_mm": renderer.pixel_mm, "setup_seconds": round(setup_s, 2), "datasets": {}}
     n_workers = _worker_count(workers, count * len(datasets))
     _RENDERER = renderer
-    pool = multiprocessing.get_context("fork").Pool(n_workers) if n_workers > 1 else None
+    # Pool's context manager terminates its workers on leaving, so an error in one image stops the build at once
+    pool_context = multiprocessing.get_context("fork").Pool(n_workers) if n_workers > 1 else contextlib.nullcontext()
     try:
-        for d_index, name in enumerate(PHANTOM_DATASETS):
-            if name in datasets:
-                summary["datasets"][name] = _write_dataset(out_dir, name, d_index, count, size, seed,
-                                                           annotation, patients, pool)
-                if verbose:
-                    print(f"phantom: {name}: {count} images in {summary['datasets'][name]['seconds']:.1f} s")
+        with pool_context as pool:
+            for d_index, name in enumerate(PHANTOM_DATASETS):
+                if name in datasets:
+                    summary["datasets"][name] = _write_dataset(out_dir, name, d_index, count, size, seed,
+                                                               annotation, patients, pool)
+                    if verbose:
+                        print(f"phantom: {name}: {count} images in {summary['datasets'][name]['seconds']:.1f} s")
     finally:
         _RENDERER = None
-        if pool is not None:
-            pool.close()
-            pool.join()
     summary["workers"] = n_workers
     summary["seconds"] = round(time.perf_counter() - start, 2)
     with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as f:
