@@ -86,7 +86,33 @@ def bundle_run(bundle: str, configs: list[str], root: Path, log: Path, **overrid
                 logging_file=str(path / "configs" / "logging.conf"), bundle_root=str(root), **overrides)
         finally:
             os.chdir(cwd)
+            _drop_handlers_on(f)
     return {"bundle": bundle, "configs": configs, "root": str(root), "overrides": overrides}
+
+
+def _drop_handlers_on(stream) -> None:
+    """Detach the logging handlers a run bound to ``stream`` (its log, about to close): left attached, every
+    message of the next run in this process raised "I/O operation on closed file" into that run's log."""
+    import logging
+
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(handler, "stream", None) is stream:
+                logger.removeHandler(handler)
+
+
+def pretraining_metrics(log: Path) -> dict[str, float]:
+    """The teacher's validation metrics at the end of a pretraining (its log's last "Metrics --" line): what the
+    pretraining learned on its own tasks, e.g. ``cls/phantom_cls/auc``."""
+    import re
+
+    lines = [line for line in log.read_text(errors="replace").splitlines() if "Metrics --" in line] if log.exists() else []
+    if not lines:
+        return {}
+    return {name: float(value) for name, value in re.findall(r"teacher/([\w/]+): (-?[0-9.]+(?:e-?[0-9]+)?)", lines[-1])
+            if name != "mean"}
 
 
 def read_metrics(path: Path) -> dict[str, float]:
@@ -187,7 +213,7 @@ def pretrain(spec: dict) -> dict:
     state = torch.load(root / "models" / "last.pt", map_location="cpu", weights_only=True)
     return {"arm": spec["arm"], "checkpoint": str(root / "models" / "last.pt"), "key": spec["key"], "call": call,
             "iterations": int(state["trainer"]["iteration"]), "seconds": round(time.perf_counter() - start, 1),
-            "cpu_seconds": round(time.process_time() - cpu, 1)}
+            "cpu_seconds": round(time.process_time() - cpu, 1), "validation": pretraining_metrics(root / "train.log")}
 
 
 def finetune(job: dict) -> dict:

@@ -100,3 +100,53 @@ def test_execute_starts_nothing_after_the_deadline():
     few_shot.execute([{"key": "a", "fn": _double, "job": {"x": 1}, "after": "pre"}], 1, 1, None, lambda t: t["job"],
                      lambda t, r, c: ran.append(t["key"]), finished={"pre"})
     assert ran == ["a"]
+
+
+def test_pretraining_metrics_reads_the_teachers_last_validation(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("Epoch[4] Metrics -- teacher/cls/a/auc: 0.4000 teacher/mean: 0.2\n"
+                   "noise\n"
+                   "Message: 'Epoch[8] Metrics -- student/cls/a/auc: 0.9 teacher/cls/a/auc: 0.6250 "
+                   "teacher/det/phantom_det/ap50: 1.5e-03 teacher/mean: 0.3 val_mean_teacher: 0.3 '\n")
+    assert few_shot.pretraining_metrics(log) == {"cls/a/auc": 0.625, "det/phantom_det/ap50": 0.0015}
+    assert few_shot.pretraining_metrics(tmp_path / "gone.log") == {}
+
+
+def test_a_runs_log_handlers_are_dropped_when_its_log_closes(tmp_path):
+    import io
+    import logging
+
+    stream, other = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("cxrfx.test.few_shot_handlers")
+    logger.addHandler(logging.StreamHandler(stream))
+    logger.addHandler(logging.StreamHandler(other))
+    few_shot._drop_handlers_on(stream)
+    assert [h.stream for h in logger.handlers] == [other]
+    logger.handlers.clear()
+
+
+def _store(cycles: int, fx: list[float], scratch: list[float] | None, shots: int = 2) -> dict:
+    runs = {f"foundation_x/{shots}/{s}": {"arm": "foundation_x", "shots": shots, "seed": s, "dice_fx": v}
+            for s, v in enumerate(fx)}
+    runs.update({f"scratch/{shots}/{s}": {"arm": "scratch", "shots": shots, "seed": s, "dice_fx": v}
+                 for s, v in enumerate(scratch or [])})
+    return {"settings": {"pretrain_cycles": cycles, "size": 224},
+            "pretraining": {"foundation_x": {"iterations": 100 * cycles, "cpu_seconds": 60.0 * cycles,
+                                             "checkpoint": "/nowhere/models/last.pt",
+                                             "validation": {"cls/a/auc": 0.6, "cls/b/auc": 0.8,
+                                                            "seg/phantom_seg/dice_fx": 0.5}}},
+            "runs": runs}
+
+
+def test_lengths_table_pairs_each_length_with_the_shared_scratch_runs():
+    import few_shot_lengths
+
+    short = _store(8, [0.70, 0.80, 0.90], [0.75, 0.75, 0.75])
+    long = _store(32, [0.80, 0.85, 0.70], None)  # no scratch runs of its own: they come from the other store
+    rows = [line for line in few_shot_lengths.lengths_table([long, short]).splitlines() if line[2].isdigit()]
+    assert rows[0].startswith("| 8 | 800 | 8.0 | AUC 0.70 · Dice 0.50 | 2 | 0.800 ± 0.100 | 0.750 ± 0.000 | +0.050 "
+                              "| 2 / 1 |")
+    assert rows[1].startswith("| 32 | 3200 | 32.0 |") and "| +0.033 | 2 / 1 |" in rows[1]
+    clash = _store(32, [0.8], [0.5])  # the same scratch run with another value: stores made differently
+    with pytest.raises(SystemExit, match="differs between stores"):
+        few_shot_lengths.lengths_table([short, clash])

@@ -1,0 +1,103 @@
+"""Does a longer pretraining transfer better? Foundation X (c) against scratch (a), one row per pretraining length.
+
+The issue asks for 2-3 pretraining lengths. Each length is its own ``bench/few_shot.py`` store (its settings
+differ only in ``--pretrain_cycles``); the scratch arm does not depend on the pretraining, so its runs are taken
+from whichever store holds them, and where several stores hold the same (shots, seed) they must agree (the runs
+are deterministic: a disagreement is reported, not averaged). Pairs, test and counts as in ``few_shot.py``.
+Besides the downstream Dice, each row says what the pretraining itself had learned: its teacher's validation
+metrics on the pretraining tasks (classification AUC averaged over the three label sets, box AP50, mask Dice).
+
+    python bench/few_shot.py --out runs/fs32 --store bench/results/few_shot_pretrain32.json --pretrain_cycles 32 \\
+        --arms scratch foundation_x --shots 2 4
+    python bench/few_shot_lengths.py bench/results/few_shot.json bench/results/few_shot_pretrain32.json \\
+        bench/results/few_shot_pretrain64.json --results docs/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_section  # noqa: E402
+from few_shot import ROOT, _mean_std, pretraining_metrics, wilcoxon  # noqa: E402
+
+ARM, AGAINST = "foundation_x", "scratch"
+
+
+def scratch_runs(stores: list[dict]) -> dict[tuple[int, int], float]:
+    """{(shots, seed): scratch Dice} over all stores; the same run in two stores must give the same value."""
+    found: dict[tuple[int, int], float] = {}
+    for store in stores:
+        for run in store["runs"].values():
+            if run["arm"] != AGAINST:
+                continue
+            key = (run["shots"], run["seed"])
+            if key in found and abs(found[key] - run["dice_fx"]) > 1e-9:
+                raise SystemExit(f"scratch run {key} differs between stores ({found[key]} vs {run['dice_fx']}): "
+                                 "the stores were not made with the same downstream settings")
+            found[key] = run["dice_fx"]
+    return found
+
+
+def teacher_summary(pretraining: dict) -> str:
+    """"AUC 0.39 · AP50 0.004 · Dice 0.26" from the pretraining's recorded (or logged) validation metrics."""
+    metrics = pretraining.get("validation")
+    if metrics is None:  # stores made before pretrain() recorded them: read the run's log if it is still there
+        metrics = pretraining_metrics(Path(pretraining["checkpoint"]).parents[1] / "train.log")
+    aucs = [v for k, v in metrics.items() if k.startswith("cls/") and k.endswith("/auc")]
+    parts = [f"AUC {statistics.mean(aucs):.2f}" if aucs else None,
+             f"AP50 {metrics['det/phantom_det/ap50']:.3f}" if "det/phantom_det/ap50" in metrics else None,
+             f"Dice {metrics['seg/phantom_seg/dice_fx']:.2f}" if "seg/phantom_seg/dice_fx" in metrics else None]
+    return " · ".join(p for p in parts if p) or "not recorded"
+
+
+def lengths_table(stores: list[dict]) -> str:
+    """Markdown: one row per (pretraining length, shot count): (c)'s Dice, (c) − (a) paired by seed."""
+    scratch = scratch_runs(stores)
+    lines = ["| pretraining cycles | iterations | CPU-min | teacher on its own tasks (validation) | images | "
+             "(c) Foundation X | (a) scratch, same seeds | (c) − (a) | pairs favouring (c) / (a) | Wilcoxon p |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for store in sorted(stores, key=lambda s: s["settings"]["pretrain_cycles"]):
+        pre = store["pretraining"].get(ARM)
+        if pre is None:
+            continue
+        runs = {(r["shots"], r["seed"]): r["dice_fx"] for r in store["runs"].values() if r["arm"] == ARM}
+        for shots in sorted({n for n, _ in runs}):
+            seeds = sorted(s for n, s in runs if n == shots and (shots, s) in scratch)
+            if not seeds:
+                continue
+            diffs = [runs[(shots, s)] - scratch[(shots, s)] for s in seeds]
+            lines.append(
+                f"| {store['settings']['pretrain_cycles']} | {pre['iterations']} | {pre['cpu_seconds'] / 60:.1f} | "
+                f"{teacher_summary(pre)} | {shots} | {_mean_std([runs[(shots, s)] for s in seeds])} | "
+                f"{_mean_std([scratch[(shots, s)] for s in seeds])} | {statistics.mean(diffs):+.3f} | "
+                f"{sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)} | {wilcoxon(diffs):.3g} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stores", nargs="+", help="few_shot.py stores, one per pretraining length")
+    parser.add_argument("--results", default=None, help="markdown file to write the table into (between markers)")
+    args = parser.parse_args(argv)
+    stores = [json.loads(Path(p).read_text()) for p in args.stores]
+    others = {json.dumps({k: v for k, v in s["settings"].items() if k != "pretrain_cycles"}, sort_keys=True)
+              for s in stores}
+    if len(others) > 1:
+        raise SystemExit("the stores differ in more than --pretrain_cycles: " + " / ".join(sorted(others)))
+    text = lengths_table(stores)
+    print(text)
+    if args.results:
+        stored = ", ".join(f"`{Path(p).resolve().relative_to(ROOT)}`" for p in args.stores)
+        body = ("Foundation X (c) against scratch (a) by pretraining length (`bench/few_shot_lengths.py`; runs in "
+                f"{stored}); paired by seed, exact two-sided Wilcoxon signed-rank test:\n\n{text}\n")
+        write_section(args.results, "few_shot_lengths.py", body,
+                      heading="### Pretraining length (224 px, synthetic patients)")
+
+
+if __name__ == "__main__":
+    main()
