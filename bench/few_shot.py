@@ -127,6 +127,12 @@ def read_metrics(path: Path) -> dict[str, float]:
     return metrics
 
 
+def organ_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """{organ: test dice_fx} from an evaluation's metrics (``dice_fx_<channel>``, channels in ``ORGANS`` order)."""
+    return {organ: metrics[f"student/seg/organs/dice_fx_{c}"] for c, organ in enumerate(ORGANS)
+            if f"student/seg/organs/dice_fx_{c}" in metrics}
+
+
 def _timed(fn, *args):
     start = time.process_time()
     result = fn(*args)
@@ -231,6 +237,7 @@ def finetune(job: dict) -> dict:
     metrics = read_metrics(root / "eval" / "metrics.csv")
     return {**{k: job[k] for k in ("arm", "shots", "seed")},
             **{k: metrics.get(f"student/seg/organs/{k}", float("nan")) for k in ("dice_fx", "dice_global")},
+            "per_organ": organ_scores(metrics),
             "train_cpu_s": round(train_cpu, 1), "train_s": round(train_s, 1), "device": _device_name(),
             "seconds": round(time.perf_counter() - start, 1), "calls": [train, evaluate]}
 
@@ -246,7 +253,7 @@ def monai_unet(job: dict) -> dict:
     from cxrfx.data.few_shot import few_shot_datalist
     from cxrfx.data.multitask import build_sources
     from cxrfx.engines.losses import DiceBCELoss
-    from cxrfx.metrics import dice_fx
+    from cxrfx.metrics import dice_fx, dice_per_image
 
     settings, root = job["settings"], Path(job["root"])
     root.mkdir(parents=True, exist_ok=True)
@@ -287,7 +294,9 @@ def monai_unet(job: dict) -> dict:
                     with torch.no_grad():
                         probs = [torch.sigmoid(net(t["image"].to(device))).cpu() for t in test]
                         masks = [t["mask"] for t in test]
-                    curve[done] = {"dice_fx": dice_fx(torch.cat(probs), torch.cat(masks)),
+                    probs, masks = torch.cat(probs), torch.cat(masks)
+                    curve[done] = {"dice_fx": dice_fx(probs, masks),
+                                   "per_organ": dict(zip(ORGANS, dice_per_image(probs, masks).mean(0).tolist())),
                                    "train_cpu_s": round(trained[0], 1), "train_s": round(trained[1], 1)}
                     since = _clocks()
                 if done >= total:
@@ -300,7 +309,7 @@ def monai_unet(job: dict) -> dict:
     at = run(iterations, [iterations])[0][iterations]
     points = sorted({max(1, iterations // 4), iterations // 2, iterations, 2 * iterations, 4 * iterations})
     curve, parameters = run(4 * iterations, points)
-    return {**{k: job[k] for k in ("arm", "shots", "seed")}, "dice_fx": at["dice_fx"],
+    return {**{k: job[k] for k in ("arm", "shots", "seed")}, "dice_fx": at["dice_fx"], "per_organ": at["per_organ"],
             "train_cpu_s": at["train_cpu_s"], "train_s": at["train_s"], "device": _device_name(),
             "curve": curve, "parameters": parameters, "lr": MONAI_UNET_LR}
 
@@ -337,12 +346,12 @@ def table(runs: list[dict], metric: str = "dice_fx") -> str:
     return "\n".join(lines)
 
 
-def paired(runs: list[dict], metric: str = "dice_fx") -> str:
+def paired(runs: list[dict], metric: str = "dice_fx", comparisons=COMPARISONS) -> str:
     """Markdown: the declared comparisons per shot count: mean paired difference, pairs favouring, Wilcoxon p."""
     by = {(r["arm"], r["shots"], r["seed"]): r[metric] for r in runs}
     lines = ["| comparison | images | pairs | mean difference | pairs favouring the first / second | Wilcoxon p |",
              "|---|---|---|---|---|---|"]
-    for arm, other in COMPARISONS:
+    for arm, other in comparisons:
         for n in sorted({r["shots"] for r in runs}):
             seeds = sorted(s for (a, k, s) in by if a == arm and k == n and (other, n, s) in by)
             if not seeds:

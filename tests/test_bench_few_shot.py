@@ -150,3 +150,28 @@ def test_lengths_table_pairs_each_length_with_the_shared_scratch_runs():
     clash = _store(32, [0.8], [0.5])  # the same scratch run with another value: stores made differently
     with pytest.raises(SystemExit, match="differs between stores"):
         few_shot_lengths.lengths_table([short, clash])
+
+
+def test_organ_scores_follow_the_channel_order():
+    metrics = {f"student/seg/organs/dice_fx_{c}": 0.1 * c for c in range(5)} | {"student/seg/organs/dice_fx": 0.2}
+    assert few_shot.organ_scores(metrics) == {"lung_left": 0.0, "lung_right": 0.1, "heart": 0.2,
+                                              "clavicle_left": pytest.approx(0.3), "clavicle_right": 0.4}
+    assert few_shot.organ_scores({"student/seg/organs/dice_fx": 0.2}) == {}  # an evaluation from before
+
+
+def test_organ_report_pairs_the_clavicles_and_leaves_out_runs_without_organs():
+    import few_shot_organs
+
+    def run(arm, seed, clavicle, big=0.9):
+        return {"arm": arm, "shots": 2, "seed": seed, "dice_fx": 0.0,
+                "per_organ": {"lung_left": big, "lung_right": big, "heart": big,
+                              "clavicle_left": clavicle, "clavicle_right": clavicle + 0.1}}
+
+    runs = [run("scratch", 0, 0.5), run("scratch", 1, 0.6), run("foundation_x", 0, 0.7), run("foundation_x", 1, 0.5),
+            {"arm": "foundation_x", "shots": 2, "seed": 2, "dice_fx": 0.8}]  # no per-organ values: left out
+    text = few_shot_organs.report(runs)
+    assert "| (c) Foundation X (Lock-Release + teacher) | 0.650 ± 0.141 (2) |" in text  # clavicles 0.75 and 0.55
+    assert "| (a) from scratch | 0.900 ± 0.000 (2) |" in text  # lungs and heart
+    assert "| (c) − (a) | 2 | 2 | +0.050 | 1 / 1 |" in text
+    assert "(f)" not in text
+    assert few_shot_organs.report(runs[-1:]).startswith("No run has per-organ Dice")

@@ -127,3 +127,19 @@ def test_score_detection_values_and_nan_main_scores_left_out():
     assert score.compute() == pytest.approx(COCO_HALF)
     score.reset()  # a new validation epoch starts empty
     assert math.isnan(score.compute())  # nothing collected
+
+
+def test_a_multi_channel_head_is_also_scored_per_channel():
+    from cxrfx.engines.evaluation import _seg_scores
+
+    truth = torch.zeros(2, 3, 4, 4)
+    truth[:, 0, :2] = 1  # channel 0: found exactly; channel 1: predicted where there is nothing; channel 2: half
+    truth[:, 2, :, :2] = 1
+    pred = truth.clone()
+    pred[:, 1, 0, 0] = 1
+    pred[:, 2, :, 1] = 0
+    scores = _seg_scores(list(pred), list(truth))
+    assert scores["dice_fx_0"] == 1.0 and scores["dice_fx_1"] == 0.0
+    assert scores["dice_fx_2"] == pytest.approx(2 * 4 / (4 + 8))
+    assert scores["dice_fx"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    assert "dice_fx_0" not in _seg_scores(list(pred[:, :1]), list(truth[:, :1]))  # one channel: dice_fx says it

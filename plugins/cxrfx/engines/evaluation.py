@@ -3,9 +3,9 @@
 ``MultiTaskEvaluator`` walks all validation loaders in one epoch; ``MultiTaskScore`` (an ignite Metric)
 collects predictions per source and model and computes, per source: ``auc`` (mean per-label AUC over
 labels with both classes, unknown labels masked) for cls, ``ap50`` and ``map40_fx`` for det, ``dice_fx``
-(per image, empty/empty = 1) and ``dice_global`` for seg. The scalar form (``detailed=False``) is the mean
-of the main score of each source (auc / ap50 / dice_fx) for one model: the key metric that selects the
-best checkpoint, always on the validation split.
+(per image, empty/empty = 1), ``dice_global`` and, for a multi-channel head, ``dice_fx_<channel>`` for seg.
+The scalar form (``detailed=False``) is the mean of the main score of each source (auc / ap50 / dice_fx) for
+one model: the key metric that selects the best checkpoint, always on the validation split.
 
 Multi-process runs shard the validation split across ranks (``build_sources(distributed=True)``, no padding, so
 no image counts twice); with sharded sources ``compute`` gathers every rank's predictions first, so every rank
@@ -26,7 +26,7 @@ from monai.utils import optional_import
 from torch import nn
 
 from cxrfx.engines.distributed import all_gather_objects, broadcast_buffers, is_distributed
-from cxrfx.metrics import ap50, dice_fx, dice_global, map40_fx, multilabel_auc
+from cxrfx.metrics import ap50, dice_fx, dice_global, dice_per_image, map40_fx, multilabel_auc
 from cxrfx.networks.foundation_x import HeadPredictor
 from cxrfx.networks.heads import MAIN_METRIC
 
@@ -42,7 +42,11 @@ def _cls_scores(preds: list, targets: list) -> dict[str, float]:
 
 def _seg_scores(preds: list, targets: list) -> dict[str, float]:
     masks, truth = torch.stack(preds).float(), torch.stack(targets).float()
-    return {"dice_fx": dice_fx(masks, truth), "dice_global": dice_global(masks, truth)}
+    scores = {"dice_fx": dice_fx(masks, truth), "dice_global": dice_global(masks, truth)}
+    if masks.shape[1] > 1:  # per class too (``dice_fx_<channel>``): a mean over organs hides the hard one
+        per_class = dice_per_image(masks, truth).mean(0)
+        scores.update({f"dice_fx_{c}": float(v) for c, v in enumerate(per_class)})
+    return scores
 
 
 def _det_scores(preds: list, targets: list) -> dict[str, float]:
