@@ -364,7 +364,7 @@ def curve_report(curves: dict, setting: str = "") -> list[str]:
 
 
 def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict | None = None,
-           superseded: list | None = None, replaced: dict | None = None) -> str:
+           superseded: list | None = None, replaced: dict | None = None, commands: list | None = None) -> str:
     budgets = sorted({r["budget"] for r in results.values()}, key=budget_order)
     lines = [BEGIN, "", f"Phantom `phantom_det` seed {meta['phantom_seed']}, {meta['count']} images at "
              f"{meta['size']} px (generator version {meta['generator_version']}), trained on "
@@ -372,8 +372,10 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
              f"build of other patients, seed + 1); evaluated on the {meta['eval_images']} validation + test images "
              f"({meta['eval_lesions']} lesions: " + ", ".join(f"{meta['bin_counts'][b]} {b}" for b in BINS) +
              "). Batch 8, trained from scratch. mean ± std over seeds; `n` = seeds run.", "",
-             "Reproduce: `python bench/quality_det.py --threads 1 --seeds 0 1 2` (resumes; `--report-only` rewrites "
-             "this).", ""]
+             "Reproduce (resumes; `--report-only` rewrites this): " +
+             "; ".join(f"`{c.replace(str(Path.home()), '~')}`"
+                       for c in commands or ["python bench/quality_det.py --threads 1 --seeds 0 1 2"]) +
+             ".", ""]
     for budget in budgets:
         title = budget_title(budget)
         if budget_size(budget)[0] == "time":
@@ -471,7 +473,7 @@ def write_report(doc: Path, text: str, readme: Path | None = None, table: str | 
 def publish(stored: dict, meta: dict, doc: Path, readme: Path) -> None:
     """Both generated sections (docs/results.md, the bundle README's table) from the stored runs."""
     text = report(stored["runs"], meta, stored.get("excluded"), stored.get("curves"), stored.get("superseded"),
-                  stored.get("replaced"))
+                  stored.get("replaced"), stored.get("commands"))
     write_report(doc, text, readme, readme_table(stored["runs"], meta))
     print(text)
 
@@ -505,7 +507,7 @@ def adopt_setting(stored: dict, meta: dict) -> None:
     neither mixed into the new tables nor lost; runs listed as ``"excluded"`` are dropped to be run again."""
     old = stored.get("meta") or {}
     if old and {k: old.get(k) for k in SAME_SETTING} != {k: meta[k] for k in SAME_SETTING}:
-        moved = {k: stored.pop(k) for k in ("runs", "curves", "replaced", "excluded") if stored.get(k)}
+        moved = {k: stored.pop(k) for k in ("runs", "curves", "replaced", "excluded", "commands") if stored.get(k)}
         if moved.get("runs") or moved.get("curves"):
             print("stored runs are of another setting: kept under 'superseded', the table starts afresh")
             stored.setdefault("superseded", []).append({"meta": old, **moved})
@@ -569,8 +571,11 @@ def main(argv=None) -> None:
             "eval_images": len(held_out), "eval_lesions": len(cnrs), "ema": list(a.ema),
             "generator_version": json.load(open(Path(a.data) / "phantom.json"))["params"]["generator_version"],
             "bin_counts": {b: int(((cnrs >= lo) & (cnrs < hi)).sum()) for b, (lo, hi) in BINS.items()}}
+    command = " ".join(["python bench/quality_det.py", *(argv if argv is not None else sys.argv[1:])])
     with locked_store(results_path) as stored:
         adopt_setting(stored, meta)
+        if command not in stored.setdefault("commands", []):  # what made this file's runs, for its report
+            stored["commands"].append(command)
     models = Path(a.models)
     if a.curve:
         for seed in a.seeds:

@@ -162,3 +162,17 @@ def test_another_budget_gets_a_table_of_its_own():
     assert "0.900" not in fifteen and "0.900" in text[text.index("**Budget: 30"):]
     table = qd.readme_table(runs, stored["meta"])
     assert "| 15 CPU-minutes | this bundle" in table and "| 30 CPU-minutes | this bundle" in table
+
+
+def test_the_report_names_the_commands_that_made_its_runs():
+    qd = _module()
+    stored = json.loads((ROOT / "bench" / "results" / "quality_det.json").read_text())
+    assert "`python bench/quality_det.py --threads 1 --seeds 0 1 2`" in qd.report(stored["runs"], stored["meta"])
+    home = str(Path.home())
+    text = qd.report(stored["runs"], stored["meta"], commands=[f"python bench/quality_det.py --data {home}/x",
+                                                                "python bench/quality_det.py --arms monai"])
+    assert ("Reproduce (resumes; `--report-only` rewrites this): `python bench/quality_det.py --data ~/x`; "
+            "`python bench/quality_det.py --arms monai`.") in text
+    moved = {"meta": {**stored["meta"], "count": 1}, "runs": {"a": {}}, "commands": ["python bench/quality_det.py"]}
+    qd.adopt_setting(moved, stored["meta"])  # a new setting: the old commands go with the old runs
+    assert "commands" not in moved and moved["superseded"][-1]["commands"] == ["python bench/quality_det.py"]
