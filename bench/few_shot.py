@@ -127,6 +127,15 @@ def read_metrics(path: Path) -> dict[str, float]:
     return metrics
 
 
+def validation_curve(log_text: str, interval: int) -> dict[int, float]:
+    """{iteration: validation dice_fx} from a training log: one "Metrics -- ... val_dice_fx: x" line per
+    validation, every ``interval`` iterations (the bundle's ``val_interval``)."""
+    import re
+
+    values = [float(v) for v in re.findall(r"Metrics --.*?val_dice_fx: (-?[0-9.]+)", log_text)]
+    return {interval * (k + 1): v for k, v in enumerate(values)}
+
+
 def organ_scores(metrics: dict[str, float]) -> dict[str, float]:
     """{organ: test dice_fx} from an evaluation's metrics (``dice_fx_<channel>``, channels in ``ORGANS`` order)."""
     return {organ: metrics[f"student/seg/organs/dice_fx_{c}"] for c, organ in enumerate(ORGANS)
@@ -231,13 +240,17 @@ def finetune(job: dict) -> dict:
         "finetune_key": job["pretrained"]["key"]}
     overrides = {**COMMON, **job["settings"], **start_point, "few_shot": job["shots"], "few_shot_seed": job["seed"],
                  "seed": job["seed"], "source_datalist": job["datalist"], "validate_data": False}
+    logged = log.stat().st_size if log.exists() else 0
     train = bundle_run("finetune_seg", ["train.json", "demo.json"], root, log, **overrides)
     train_cpu, train_s = time.process_time() - cpu, time.perf_counter() - start
+    with open(log, "rb") as f:  # this training's part of the log: the evaluation below appends its own line
+        f.seek(logged)
+        curve = validation_curve(f.read().decode(errors="replace"), job["settings"]["val_interval"])
     evaluate = bundle_run("finetune_seg", ["train.json", "demo.json", "evaluate.json"], root, log, **overrides)
     metrics = read_metrics(root / "eval" / "metrics.csv")
     return {**{k: job[k] for k in ("arm", "shots", "seed")},
             **{k: metrics.get(f"student/seg/organs/{k}", float("nan")) for k in ("dice_fx", "dice_global")},
-            "per_organ": organ_scores(metrics),
+            "per_organ": organ_scores(metrics), "val_curve": curve,
             "train_cpu_s": round(train_cpu, 1), "train_s": round(train_s, 1), "device": _device_name(),
             "seconds": round(time.perf_counter() - start, 1), "calls": [train, evaluate]}
 
@@ -480,6 +493,8 @@ def main(argv=None) -> None:
     parser.add_argument("--downstream_count", type=int, default=80)
     parser.add_argument("--pretrain_seed", type=int, default=100)
     parser.add_argument("--downstream_seed", type=int, default=200)
+    parser.add_argument("--val_interval", type=int, default=None,
+                        help="validate every this many fine-tuning iterations (a curve; default: once, at the end)")
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot.json"),
@@ -499,7 +514,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)  # one thread: on a shared 2-core machine two spin and wait
         # how and where the runs are made, not what they measure: a store may be filled in several sessions
         per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s")
-        settings = {k: v for k, v in vars(args).items() if k not in per_run}
+        settings = {k: v for k, v in vars(args).items()
+                    if k not in per_run and not (k == "val_interval" and v is None)}  # stores made before it
         if summary.get("settings") not in (None, settings):
             raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
         summary["settings"] = settings
@@ -523,7 +539,8 @@ def main(argv=None) -> None:
         data, t = _timed(build_data, out, args)
         save(t)
         specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
-        finetune_settings = {"iterations": args.iterations, "val_interval": args.iterations, "mode": args.mode,
+        finetune_settings = {"iterations": args.iterations, "val_interval": args.val_interval or args.iterations,
+                             "mode": args.mode,
                              **backbone_settings(args.size)}
         tasks, queued = [], set()
         for arm, shots, seed in job_order(args.seeds, args.shots, args.arms):

@@ -175,3 +175,24 @@ def test_organ_report_pairs_the_clavicles_and_leaves_out_runs_without_organs():
     assert "| (c) − (a) | 2 | 2 | +0.050 | 1 / 1 |" in text
     assert "(f)" not in text
     assert few_shot_organs.report(runs[-1:]).startswith("No run has per-organ Dice")
+
+
+def test_validation_curve_reads_one_point_per_validation():
+    log = ("x Metrics -- student/mean: 0.5 val_dice_fx: 0.5000 \n"
+           "Message: 'Epoch[1] Metrics -- student/mean: 0.6 val_dice_fx: 0.6250 '\nnoise val_dice_fx: 0.9\n")
+    assert few_shot.validation_curve(log, 100) == {100: 0.5, 200: 0.625}
+
+
+def test_curve_table_means_per_point_and_pairs_by_seed():
+    import few_shot_curve
+
+    def run(arm, seed, values, test):
+        return {"arm": arm, "shots": 2, "seed": seed, "dice_fx": test,
+                "val_curve": {str(100 * (k + 1)): v for k, v in enumerate(values)}}  # JSON keys are strings
+
+    runs = [run("scratch", 0, [0.5, 0.7], 0.70), run("scratch", 1, [0.6, 0.7], 0.72),
+            run("foundation_x", 0, [0.6, 0.8], 0.80), run("foundation_x", 1, [0.5, 0.6], 0.60)]
+    text = few_shot_curve.curve_table(runs)
+    assert "| (a) from scratch | 2 | 2 | 0.550 ± 0.071 | 0.700 ± 0.000 | 0.710 ± 0.014 |" in text
+    assert "| (c) − (a) | 2 | 2 | +0.000 (1/2) | +0.000 (1/2) | |" in text
+    assert few_shot_curve.curve_table([{**runs[0], "val_curve": {}}]).startswith("No run has a validation curve")
