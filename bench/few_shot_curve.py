@@ -6,7 +6,7 @@ with a longer fine-tuning and ``--val_interval`` keeps, per run, the validation 
 validation chose (the bundle's ``model.pt``), and (c) − (a) per validation point, paired by seed.
 
     python bench/few_shot.py --out runs/fs_long_ft --store bench/results/few_shot_finetune800.json --iterations 800 \\
-        --val_interval 100 --arms scratch foundation_x --shots 2 4 --seeds 0 1 2 3
+        --val_interval 100 --arms scratch foundation_x --shots 2 4 --seeds 0 1 2
     python bench/few_shot_curve.py bench/results/few_shot_finetune800.json --results docs/results.md
 """
 

@@ -196,3 +196,25 @@ def test_curve_table_means_per_point_and_pairs_by_seed():
     assert "| (a) from scratch | 2 | 2 | 0.550 ± 0.071 | 0.700 ± 0.000 | 0.710 ± 0.014 |" in text
     assert "| (c) − (a) | 2 | 2 | +0.000 (1/2) | +0.000 (1/2) | |" in text
     assert few_shot_curve.curve_table([{**runs[0], "val_curve": {}}]).startswith("No run has a validation curve")
+
+
+def test_partial_start_points_keep_only_their_part_and_pair_with_both_arms(tmp_path):
+    import few_shot_partial
+    import torch
+
+    weights = {"input_mean": torch.zeros(1), "backbone.layers.2.blocks.0.w": torch.ones(1),
+               "backbone.layers.3.blocks.0.w": torch.ones(1), "backbone.norm.weight": torch.ones(1),
+               "seg_decoder.fuse.0.weight": torch.ones(1), "cls_heads.a.weight": torch.ones(1)}
+    torch.save({"teacher": weights, "student": {}}, tmp_path / "last.pt")
+    early = few_shot_partial.partial_checkpoint(tmp_path / "last.pt", "teacher", "early_stages")
+    assert sorted(torch.load(early)["teacher"]) == ["backbone.layers.2.blocks.0.w", "input_mean"]
+    whole = few_shot_partial.partial_checkpoint(tmp_path / "last.pt", "teacher", "backbone")
+    assert sorted(torch.load(whole)["teacher"]) == ["backbone.layers.2.blocks.0.w", "backbone.layers.3.blocks.0.w",
+                                                    "backbone.norm.weight", "input_mean"]
+    store = {"runs": {f"{arm}/4/{s}": {"dice_fx": v} for arm, values in
+                      (("scratch", [0.80, 0.80]), ("foundation_x", [0.70, 0.90])) for s, v in enumerate(values)}}
+    partial = {f"backbone/4/{s}": {"arm": "backbone", "shots": 4, "seed": s, "dice_fx": v}
+               for s, v in enumerate([0.85, 0.95])}
+    row = few_shot_partial.report(store, partial).splitlines()[-1]
+    assert row.startswith("| (c), backbone only | 4 | 2 | 0.900 ± 0.071 | +0.100, 2 / 0, ")
+    assert row.split("|")[6].startswith(" +0.100, 2 / 0, ")  # against (c): +0.15 and +0.05
