@@ -26,7 +26,7 @@ from monai.utils import optional_import
 from torch import nn
 
 from cxrfx.engines.distributed import all_gather_objects, broadcast_buffers, is_distributed
-from cxrfx.metrics import ap50, dice_fx, dice_global, dice_per_image, map40_fx, multilabel_auc
+from cxrfx.metrics import ap50, dice_global, dice_per_image, map40_fx, multilabel_auc
 from cxrfx.networks.foundation_x import HeadPredictor
 from cxrfx.networks.heads import MAIN_METRIC
 
@@ -42,10 +42,10 @@ def _cls_scores(preds: list, targets: list) -> dict[str, float]:
 
 def _seg_scores(preds: list, targets: list) -> dict[str, float]:
     masks, truth = torch.stack(preds).float(), torch.stack(targets).float()
-    scores = {"dice_fx": dice_fx(masks, truth), "dice_global": dice_global(masks, truth)}
+    per_image = dice_per_image(masks, truth)  # (N, C): dice_fx is its mean, so it is computed once
+    scores = {"dice_fx": float(per_image.mean()), "dice_global": dice_global(masks, truth)}
     if masks.shape[1] > 1:  # per class too (``dice_fx_<channel>``): a mean over organs hides the hard one
-        per_class = dice_per_image(masks, truth).mean(0)
-        scores.update({f"dice_fx_{c}": float(v) for c, v in enumerate(per_class)})
+        scores.update({f"dice_fx_{c}": float(v) for c, v in enumerate(per_image.mean(0))})
     return scores
 
 
