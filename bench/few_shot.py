@@ -108,7 +108,8 @@ def pretraining_metrics(log: Path) -> dict[str, float]:
     pretraining learned on its own tasks, e.g. ``cls/phantom_cls/auc``."""
     import re
 
-    lines = [line for line in log.read_text(errors="replace").splitlines() if "Metrics --" in line] if log.exists() else []
+    text = log.read_text(errors="replace") if log.exists() else ""
+    lines = [line for line in text.splitlines() if "Metrics --" in line]
     if not lines:
         return {}
     return {name: float(value) for name, value in re.findall(r"teacher/([\w/]+): (-?[0-9.]+(?:e-?[0-9]+)?)", lines[-1])
