@@ -16,6 +16,7 @@ rank.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
@@ -43,10 +44,15 @@ def _cls_scores(preds: list, targets: list) -> dict[str, float]:
 def _seg_scores(preds: list, targets: list) -> dict[str, float]:
     masks, truth = torch.stack(preds).float(), torch.stack(targets).float()
     per_image = dice_per_image(masks, truth)  # (N, C): dice_fx is its mean, so it is computed once
-    scores = {"dice_fx": float(per_image.mean()), "dice_global": dice_global(masks, truth)}
+    scores = {"dice_fx": _exact_mean(per_image), "dice_global": dice_global(masks, truth)}
     if masks.shape[1] > 1:  # per class too (``dice_fx_<channel>``): a mean over organs hides the hard one
-        scores.update({f"dice_fx_{c}": float(v) for c, v in enumerate(per_image.mean(0))})
+        scores.update({f"dice_fx_{c}": _exact_mean(per_image[:, c]) for c in range(per_image.shape[1])})
     return scores
+
+
+def _exact_mean(values: np.ndarray) -> float:
+    """Mean by an exactly rounded sum: the same bits whatever the image order (ranks gather in their own order)."""
+    return math.fsum(np.ravel(values).tolist()) / max(np.size(values), 1)
 
 
 def _det_scores(preds: list, targets: list) -> dict[str, float]:
