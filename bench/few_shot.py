@@ -86,21 +86,34 @@ def bundle_run(bundle: str, configs: list[str], root: Path, log: Path, **overrid
                 logging_file=str(path / "configs" / "logging.conf"), bundle_root=str(root), **overrides)
         finally:
             os.chdir(cwd)
-            _drop_handlers_on(f)
+            _release_handlers_from(f)
     return {"bundle": bundle, "configs": configs, "root": str(root), "overrides": overrides}
 
 
-def _drop_handlers_on(stream) -> None:
-    """Detach the logging handlers a run bound to ``stream`` (its log, about to close): left attached, every
-    message of the next run in this process raised "I/O operation on closed file" into that run's log."""
+class _CurrentStdout:
+    """A stream that writes to whatever ``sys.stdout`` is at the time: the log of the run now going on."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+def _release_handlers_from(stream) -> None:
+    """Rebind the logging handlers a run bound to ``stream`` (its log, about to close) to the current stdout.
+
+    Left bound, every message of the next run in this process raised "I/O operation on closed file"; removed,
+    MONAI's StatsHandler logger (created once per process, with its own handler and no propagation) logged
+    nothing in later runs, and their "Metrics --" lines, the validation curve, were lost."""
     import logging
 
     loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
                                       if isinstance(v, logging.Logger))]
     for logger in loggers:
-        for handler in list(logger.handlers):
+        for handler in logger.handlers:
             if getattr(handler, "stream", None) is stream:
-                logger.removeHandler(handler)
+                handler.setStream(_CurrentStdout())
 
 
 def pretraining_metrics(log: Path) -> dict[str, float]:

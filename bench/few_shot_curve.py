@@ -8,6 +8,9 @@ validation chose (the bundle's ``model.pt``), and (c) − (a) per validation poi
     python bench/few_shot.py --out runs/fs_long_ft --store bench/results/few_shot_finetune800.json --iterations 800 \\
         --val_interval 100 --arms scratch foundation_x --shots 2 4 --seeds 0 1 2
     python bench/few_shot_curve.py bench/results/few_shot_finetune800.json --results docs/results.md
+
+``--recover`` fills the curve of runs stored without one from the validation series the bundle's TensorBoard
+handler wrote into the run's folder (runs of a process whose log lost the "Metrics --" lines) and saves the store.
 """
 
 from __future__ import annotations
@@ -58,12 +61,44 @@ def curve_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def curve_from_events(folder: Path, interval: int, validations: int) -> dict[int, float]:
+    """{iteration: validation dice_fx} from the ``val_dice_fx`` series of the TensorBoard files in ``folder``, in
+    the order written; {} unless there are exactly ``validations`` values (a resumed or repeated run is ambiguous)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "val_dice_fx" in acc.Tags()["scalars"]:
+            values += [(e.wall_time, e.value) for e in acc.Scalars("val_dice_fx")]
+    values.sort()
+    return {interval * (k + 1): v for k, (_, v) in enumerate(values)} if len(values) == validations else {}
+
+
+def recover(store: dict) -> int:
+    """Fill missing ``val_curve`` entries from each run's TensorBoard files; how many were filled."""
+    s, filled = store["settings"], 0
+    for run in store["runs"].values():
+        if run.get("val_curve") or not run.get("calls"):
+            continue
+        curve = curve_from_events(Path(run["calls"][0]["root"]) / "eval", s["val_interval"],
+                                  s["iterations"] // s["val_interval"])
+        if curve:
+            run["val_curve"], filled = curve, filled + 1
+    return filled
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("store", help="a few_shot.py store made with --val_interval")
     parser.add_argument("--results", default=None, help="markdown file to write the table into (between markers)")
+    parser.add_argument("--recover", action="store_true", help="fill missing curves from the runs' TensorBoard files")
     args = parser.parse_args(argv)
     store = json.loads(Path(args.store).read_text())
+    if args.recover:
+        print(f"recovered {recover(store)} curve(s) from TensorBoard files")
+        Path(args.store).write_text(json.dumps(store, indent=1) + "\n")
     text = curve_table(list(store["runs"].values()))
     print(text)
     if args.results:

@@ -112,17 +112,26 @@ def test_pretraining_metrics_reads_the_teachers_last_validation(tmp_path):
     assert few_shot.pretraining_metrics(tmp_path / "gone.log") == {}
 
 
-def test_a_runs_log_handlers_are_dropped_when_its_log_closes(tmp_path):
+def test_a_runs_log_handlers_write_into_the_next_runs_log():
+    """A handler a run bound to its log (MONAI's StatsHandler adds one once per process, without propagation)
+    writes the next run's messages into the next run's log, not into the closed one nor nowhere."""
+    import contextlib
     import io
     import logging
 
-    stream, other = io.StringIO(), io.StringIO()
+    first, second, other = io.StringIO(), io.StringIO(), io.StringIO()
     logger = logging.getLogger("cxrfx.test.few_shot_handlers")
-    logger.addHandler(logging.StreamHandler(stream))
-    logger.addHandler(logging.StreamHandler(other))
-    few_shot._drop_handlers_on(stream)
-    assert [h.stream for h in logger.handlers] == [other]
+    logger.propagate, logger.level = False, logging.INFO
+    with contextlib.redirect_stdout(first):
+        logger.addHandler(logging.StreamHandler(sys.stdout))
+        logger.addHandler(logging.StreamHandler(other))
+        logger.info("run 1")
+    few_shot._release_handlers_from(first)
+    first.close()
+    with contextlib.redirect_stdout(second):
+        logger.info("run 2 Metrics")
     logger.handlers.clear()
+    assert second.getvalue() == "run 2 Metrics\n" and other.getvalue() == "run 1\nrun 2 Metrics\n"
 
 
 def _store(cycles: int, fx: list[float], scratch: list[float] | None, shots: int = 2) -> dict:
@@ -196,6 +205,26 @@ def test_curve_table_means_per_point_and_pairs_by_seed():
     assert "| (a) from scratch | 2 | 2 | 0.550 ± 0.071 | 0.700 ± 0.000 | 0.710 ± 0.014 |" in text
     assert "| (c) − (a) | 2 | 2 | +0.000 (1/2) | +0.000 (1/2) | |" in text
     assert few_shot_curve.curve_table([{**runs[0], "val_curve": {}}]).startswith("No run has a validation curve")
+
+
+def test_curves_are_recovered_from_the_runs_tensorboard_files(tmp_path):
+    import few_shot_curve
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = tmp_path / "scratch_n2_s0" / "eval"
+    writer = SummaryWriter(log_dir=str(folder))
+    for value in (0.5, 0.7, 0.75):  # MONAI's validation handler writes each at the trainer's epoch: one step
+        writer.add_scalar("val_dice_fx", value, 1)
+        writer.add_scalar("train_loss", 1.0 - value, 1)
+    writer.close()
+    assert few_shot_curve.curve_from_events(folder, 100, 3) == pytest.approx({100: 0.5, 200: 0.7, 300: 0.75})
+    assert few_shot_curve.curve_from_events(folder, 100, 4) == {}  # a count that does not fit: nothing guessed
+    store = {"settings": {"iterations": 300, "val_interval": 100},
+             "runs": {"a": {"val_curve": {}, "calls": [{"root": str(folder.parent)}]},
+                      "b": {"val_curve": {"100": 0.1}, "calls": [{"root": str(folder.parent)}]}}}
+    assert few_shot_curve.recover(store) == 1
+    assert store["runs"]["a"]["val_curve"] == pytest.approx({100: 0.5, 200: 0.7, 300: 0.75})
+    assert store["runs"]["b"]["val_curve"] == {"100": 0.1}
 
 
 def test_partial_start_points_keep_only_their_part_and_pair_with_both_arms(tmp_path):
