@@ -492,6 +492,22 @@ def execute(tasks: list[dict], workers: int, threads: int, deadline: float | Non
     return failed
 
 
+# what a pretraining depends on: a store may reuse another's pretrainings only where these agree
+PRETRAINING_SETTINGS = ("size", "pretrain_cycles", "phantom_size", "pretrain_count", "pretrain_seed")
+
+
+def borrow_pretraining(summary: dict, other: dict, name: str) -> None:
+    """Take ``other``'s pretrainings into ``summary`` (those it lacks), if they were made with the same
+    pretraining settings: fine-tuning the same start points another way costs no second pretraining."""
+    mine, theirs = summary["settings"], other.get("settings", {})
+    differ = [k for k in PRETRAINING_SETTINGS if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise SystemExit(f"--pretrained_from {name}: its pretrainings were made with other settings ("
+                         + ", ".join(f"{k} {theirs.get(k)} here {mine.get(k)}" for k in differ) + ")")
+    for arm, done in other.get("pretraining", {}).items():
+        summary["pretraining"].setdefault(arm, done)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/few_shot")
@@ -514,6 +530,9 @@ def main(argv=None) -> None:
     parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot.json"),
                         help="the runs' results (JSON, resumable; outside --out so losing run folders loses no result)")
     parser.add_argument("--report_only", action="store_true", help="rewrite --results from --store")
+    parser.add_argument("--pretrained_from", default=None,
+                        help="another store whose pretrainings to fine-tune from (same pretraining settings), e.g. "
+                             "the same start points fine-tuned with another --mode")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, each in its own process (a GPU machine with many cores: 8-16)")
     parser.add_argument("--budget_s", type=float, default=None,
@@ -527,12 +546,15 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(args.threads)  # one thread: on a shared 2-core machine two spin and wait
         # how and where the runs are made, not what they measure: a store may be filled in several sessions
-        per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s")
+        per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
+                   "pretrained_from")
         settings = {k: v for k, v in vars(args).items()
                     if k not in per_run and not (k == "val_interval" and v is None)}  # stores made before it
         if summary.get("settings") not in (None, settings):
             raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
         summary["settings"] = settings
+        if args.pretrained_from:
+            borrow_pretraining(summary, json.loads(Path(args.pretrained_from).read_text()), args.pretrained_from)
         summary["command"] = " ".join(["python bench/few_shot.py", *(argv if argv is not None else sys.argv[1:])])
         out.mkdir(parents=True, exist_ok=True)
         store.parent.mkdir(parents=True, exist_ok=True)

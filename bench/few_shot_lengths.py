@@ -11,6 +11,13 @@ metrics on the pretraining tasks (classification AUC averaged over the three lab
         --arms scratch foundation_x --shots 2 4
     python bench/few_shot_lengths.py bench/results/few_shot.json bench/results/few_shot_pretrain32.json \\
         bench/results/few_shot_pretrain64.json --results docs/results.md
+
+``--frozen`` adds stores made with ``--mode frozen`` (only the new organ head trains; backbone and decoder stay as
+pretrained): a probe of what the pretrained features hold, next to what fine-tuning everything makes of them.
+Such a store fine-tunes the pretrainings of a full store without pretraining again:
+
+    python bench/few_shot.py --out runs/fsfrozen32 --store bench/results/few_shot_frozen32.json --pretrain_cycles 32 \\
+        --mode frozen --arms foundation_x --shots 2 4 --pretrained_from bench/results/few_shot_pretrain32.json
 """
 
 from __future__ import annotations
@@ -79,22 +86,58 @@ def lengths_table(stores: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _arm_runs(stores: list[dict], arm: str) -> dict[tuple[int, int, int], float]:
+    """{(pretraining cycles, shots, seed): Dice} of ``arm`` over the stores (scratch: cycles 0, any store)."""
+    return {(0 if arm == AGAINST else s["settings"]["pretrain_cycles"], r["shots"], r["seed"]): r["dice_fx"]
+            for s in stores for r in s["runs"].values() if r["arm"] == arm}
+
+
+def frozen_table(full: list[dict], frozen: list[dict]) -> str:
+    """Markdown: per pretraining length and shot count, (c) with only the organ head trained (frozen) and (c)
+    fine-tuned whole; scratch likewise (its frozen form: random features, a trained head)."""
+    probe, tuned = _arm_runs(frozen, ARM), _arm_runs(full, ARM)
+    probe0, tuned0 = _arm_runs(frozen, AGAINST), _arm_runs(full, AGAINST)
+
+    def cell(runs: dict, cycles: int, shots: int) -> str:
+        values = [v for (c, n, _), v in sorted(runs.items()) if (c, n) == (cycles, shots)]
+        return f"{_mean_std(values)} ({len(values)})" if values else "–"
+
+    lines = ["| start point | pretraining cycles | images | only the organ head trains (frozen) | everything trains "
+             "(full) |", "|---|---|---|---|---|"]
+    for cycles, shots in sorted({(c, n) for c, n, _ in probe0} | {(c, n) for c, n, _ in probe}):
+        name = "(a) scratch (random features)" if cycles == 0 else "(c) Foundation X"
+        source = (probe0, tuned0) if cycles == 0 else (probe, tuned)
+        lines.append(f"| {name} | {cycles or '–'} | {shots} | {cell(source[0], cycles, shots)} | "
+                     f"{cell(source[1], cycles, shots)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stores", nargs="+", help="few_shot.py stores, one per pretraining length")
+    parser.add_argument("--frozen", nargs="*", default=[], help="stores made with --mode frozen (any lengths)")
     parser.add_argument("--results", default=None, help="markdown file to write the table into (between markers)")
     args = parser.parse_args(argv)
     stores = [json.loads(Path(p).read_text()) for p in args.stores]
+    frozen = [json.loads(Path(p).read_text()) for p in args.frozen]
+    if any(s["settings"].get("mode") != "frozen" for s in frozen):
+        raise SystemExit("a --frozen store was not made with --mode frozen")
     others = {json.dumps({k: v for k, v in s["settings"].items() if k != "pretrain_cycles"}, sort_keys=True)
               for s in stores}
     if len(others) > 1:
         raise SystemExit("the stores differ in more than --pretrain_cycles: " + " / ".join(sorted(others)))
     text = lengths_table(stores)
-    print(text)
+    probe = frozen_table(stores, frozen) if frozen else ""
+    print(text, probe, sep="\n\n")
     if args.results:
         stored = ", ".join(f"`{Path(p).resolve().relative_to(ROOT)}`" for p in args.stores)
         body = ("Foundation X (c) against scratch (a) by pretraining length (`bench/few_shot_lengths.py`; runs in "
                 f"{stored}); paired by seed, exact two-sided Wilcoxon signed-rank test:\n\n{text}\n")
+        if frozen:
+            kept = ", ".join(f"`{Path(p).resolve().relative_to(ROOT)}`" for p in args.frozen)
+            body += ("\nWhat the pretrained features hold: the same fine-tuning with only the new organ head trained "
+                     f"(`--mode frozen`: backbone and decoder as pretrained; runs in {kept}), mean ± std over seeds, "
+                     f"next to fine-tuning everything (the runs above):\n\n{probe}\n")
         write_section(args.results, "few_shot_lengths.py", body,
                       heading="### Pretraining length (224 px, synthetic patients)")
 

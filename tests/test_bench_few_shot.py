@@ -161,6 +161,28 @@ def test_lengths_table_pairs_each_length_with_the_shared_scratch_runs():
         few_shot_lengths.lengths_table([short, clash])
 
 
+def test_frozen_table_puts_the_probe_beside_full_fine_tuning_per_length():
+    import few_shot_lengths
+
+    full = [_store(8, [0.80, 0.84], [0.82, 0.86]), _store(32, [0.78, 0.80], None)]
+    frozen = [_store(8, [0.50, 0.54], [0.10, 0.10]), _store(32, [0.60, 0.64], None)]
+    rows = [line for line in few_shot_lengths.frozen_table(full, frozen).splitlines() if line.startswith("| (")]
+    assert rows == ["| (a) scratch (random features) | – | 2 | 0.100 ± 0.000 (2) | 0.840 ± 0.028 (2) |",
+                    "| (c) Foundation X | 8 | 2 | 0.520 ± 0.028 (2) | 0.820 ± 0.028 (2) |",
+                    "| (c) Foundation X | 32 | 2 | 0.620 ± 0.028 (2) | 0.790 ± 0.014 (2) |"]
+
+
+def test_pretrainings_are_borrowed_only_from_a_store_with_the_same_pretraining_settings():
+    settings = {"size": 224, "pretrain_cycles": 8, "phantom_size": 256, "pretrain_count": 96, "pretrain_seed": 100}
+    done = {"checkpoint": "/x/last.pt", "key": "teacher"}
+    mine = {"settings": {**settings, "mode": "frozen"}, "pretraining": {}}
+    few_shot.borrow_pretraining(mine, {"settings": {**settings, "mode": "full"}, "pretraining": {"foundation_x": done}},
+                                "full.json")
+    assert mine["pretraining"] == {"foundation_x": done}
+    with pytest.raises(SystemExit, match="pretrain_cycles 32 here 8"):
+        few_shot.borrow_pretraining(mine, {"settings": {**settings, "pretrain_cycles": 32}, "pretraining": {}}, "x")
+
+
 def test_organ_scores_follow_the_channel_order():
     metrics = {f"student/seg/organs/dice_fx_{c}": 0.1 * c for c in range(5)} | {"student/seg/organs/dice_fx": 0.2}
     assert few_shot.organ_scores(metrics) == {"lung_left": 0.0, "lung_right": 0.1, "heart": 0.2,
