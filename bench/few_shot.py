@@ -526,6 +526,10 @@ def main(argv=None) -> None:
     parser.add_argument("--val_interval", type=int, default=None,
                         help="validate every this many fine-tuning iterations (a curve; default: once, at the end)")
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
+    parser.add_argument("--backbone_lr", type=float, default=None,
+                        help="fine-tuning learning rate of the backbone (default: the bundle's demo value)")
+    parser.add_argument("--head_lr", type=float, default=None,
+                        help="fine-tuning learning rate of the decoder and head (default: the bundle's demo value)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot.json"),
                         help="the runs' results (JSON, resumable; outside --out so losing run folders loses no result)")
@@ -548,8 +552,8 @@ def main(argv=None) -> None:
         # how and where the runs are made, not what they measure: a store may be filled in several sessions
         per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
                    "pretrained_from")
-        settings = {k: v for k, v in vars(args).items()
-                    if k not in per_run and not (k == "val_interval" and v is None)}  # stores made before it
+        optional = ("val_interval", "backbone_lr", "head_lr")  # absent from stores made before them
+        settings = {k: v for k, v in vars(args).items() if k not in per_run and not (k in optional and v is None)}
         if summary.get("settings") not in (None, settings):
             raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
         summary["settings"] = settings
@@ -577,6 +581,7 @@ def main(argv=None) -> None:
         specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
         finetune_settings = {"iterations": args.iterations, "val_interval": args.val_interval or args.iterations,
                              "mode": args.mode,
+                             **{k: getattr(args, k) for k in ("backbone_lr", "head_lr") if getattr(args, k) is not None},
                              **backbone_settings(args.size)}
         tasks, queued = [], set()
         for arm, shots, seed in job_order(args.seeds, args.shots, args.arms):

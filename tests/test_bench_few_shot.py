@@ -183,6 +183,22 @@ def test_pretrainings_are_borrowed_only_from_a_store_with_the_same_pretraining_s
         few_shot.borrow_pretraining(mine, {"settings": {**settings, "pretrain_cycles": 32}, "pretraining": {}}, "x")
 
 
+def test_recipes_pair_each_recipe_with_its_own_scratch_runs():
+    import few_shot_recipes
+
+    full = _store(8, [0.80, 0.84], [0.82, 0.86])
+    full["settings"].update(mode="full", iterations=200)
+    warm = _store(8, [0.83, 0.80], [0.81, 0.79])
+    warm["settings"].update(mode="warmup", iterations=200, backbone_lr=1e-4)
+    rows = few_shot_recipes.recipes_table([full, warm]).splitlines()[2:]
+    assert rows == ["| full, backbone lr 3e-04, head lr 1e-03, 200 it | 8 | 2 | 0.820 ± 0.028 | 0.840 ± 0.028 | -0.020 "
+                    "| 0 / 2 | 0.5 |",
+                    "| warmup, backbone lr 1e-04, head lr 1e-03, 200 it | 8 | 2 | 0.815 ± 0.021 | 0.800 ± 0.014 | "
+                    "+0.015 | 2 / 0 | 0.5 |"]
+    assert few_shot_recipes.recipe({"mode": "full", "iterations": 200, "backbone_lr": 0.0}) == \
+        "full, backbone lr 0 (backbone frozen), head lr 1e-03, 200 it"
+
+
 def test_organ_scores_follow_the_channel_order():
     metrics = {f"student/seg/organs/dice_fx_{c}": 0.1 * c for c in range(5)} | {"student/seg/organs/dice_fx": 0.2}
     assert few_shot.organ_scores(metrics) == {"lung_left": 0.0, "lung_right": 0.1, "heart": 0.2,
