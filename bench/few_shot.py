@@ -204,6 +204,13 @@ def backbone_settings(size: int) -> dict:
     return {"image_size": size, "backbone_kwargs#window_size": size // 32}
 
 
+def decoder_settings(channels: list[int] | None) -> dict:
+    """Bundle overrides for a fine-tuning decoder of ``channels`` = (seg, psp) widths; {} for the bundle's own."""
+    if channels is None:
+        return {}
+    return {"network_def#seg_channels": channels[0], "network_def#psp_channels": channels[1]}
+
+
 def pretrain_specs(data: dict, out: Path, cycles: int, size: int) -> dict[str, dict]:
     """The pretraining runs, all with the Foundation X cycle's number of iterations."""
     from cxrfx.engines.schedule import expand_tasks, phantom_cycle
@@ -528,6 +535,9 @@ def main(argv=None) -> None:
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
     parser.add_argument("--backbone_lr", type=float, default=None,
                         help="fine-tuning learning rate of the backbone (default: the bundle's demo value)")
+    parser.add_argument("--decoder_channels", type=int, nargs=2, default=None, metavar=("SEG", "PSP"),
+                        help="fine-tune with a UperNet decoder of these widths (default: the bundle's demo 32 64); "
+                             "other widths leave most of the pretrained decoder out (its PSP pooling branches still load)")
     parser.add_argument("--head_lr", type=float, default=None,
                         help="fine-tuning learning rate of the decoder and head (default: the bundle's demo value)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -552,7 +562,7 @@ def main(argv=None) -> None:
         # how and where the runs are made, not what they measure: a store may be filled in several sessions
         per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
                    "pretrained_from")
-        optional = ("val_interval", "backbone_lr", "head_lr")  # absent from stores made before them
+        optional = ("val_interval", "backbone_lr", "head_lr", "decoder_channels")  # absent from older stores
         settings = {k: v for k, v in vars(args).items() if k not in per_run and not (k in optional and v is None)}
         if summary.get("settings") not in (None, settings):
             raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
@@ -582,6 +592,7 @@ def main(argv=None) -> None:
         finetune_settings = {"iterations": args.iterations, "val_interval": args.val_interval or args.iterations,
                              "mode": args.mode,
                              **{k: getattr(args, k) for k in ("backbone_lr", "head_lr") if getattr(args, k) is not None},
+                             **decoder_settings(args.decoder_channels),
                              **backbone_settings(args.size)}
         tasks, queued = [], set()
         for arm, shots, seed in job_order(args.seeds, args.shots, args.arms):

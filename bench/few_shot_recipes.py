@@ -33,7 +33,11 @@ def recipe(settings: dict) -> str:
     """"full, backbone lr 3e-04, head lr 1e-03, 200 it" from a store's settings."""
     lrs = {k: v if settings.get(k) is None else settings[k] for k, v in DEMO_LR.items()}
     backbone = f"{lrs['backbone_lr']:.0e}" if lrs["backbone_lr"] else "0 (backbone frozen)"
-    return f"{settings['mode']}, backbone lr {backbone}, head lr {lrs['head_lr']:.0e}, {settings['iterations']} it"
+    # other widths than the pretraining's: only the PSP pooling branches of the decoder load, the rest starts new
+    decoder = (f", decoder {settings['decoder_channels'][0]}/{settings['decoder_channels'][1]} channels (mostly "
+               "new)" if settings.get("decoder_channels") else "")
+    return (f"{settings['mode']}, backbone lr {backbone}, head lr {lrs['head_lr']:.0e}, {settings['iterations']} it"
+            + decoder)
 
 
 def recipes_table(stores: list[dict]) -> str:
@@ -66,8 +70,8 @@ def main(argv=None) -> None:
     if args.results:
         stored = ", ".join(f"`{Path(p).resolve().relative_to(ROOT)}`" for p in args.stores)
         write_section(args.results, "few_shot_recipes.py",
-                      "Foundation X (c) against scratch (a) under other fine-tuning recipes (`bench/few_shot_recipes.py`"
-                      f"; runs in {stored}); each recipe trains both arms, paired by seed, exact two-sided Wilcoxon "
+                      "Foundation X (c) against scratch (a) under other fine-tuning recipes "
+                      f"(`bench/few_shot_recipes.py`; runs in {stored}); each recipe trains both arms, paired by seed, exact two-sided Wilcoxon "
                       f"signed-rank test:\n\n{text}\n", heading="### Fine-tuning recipe")
 
 

@@ -197,6 +197,10 @@ def test_recipes_pair_each_recipe_with_its_own_scratch_runs():
                     "+0.015 | 2 / 0 | 0.5 |"]
     assert few_shot_recipes.recipe({"mode": "full", "iterations": 200, "backbone_lr": 0.0}) == \
         "full, backbone lr 0 (backbone frozen), head lr 1e-03, 200 it"
+    assert few_shot_recipes.recipe({"mode": "full", "iterations": 200, "decoder_channels": [8, 16]}).endswith(
+        "200 it, decoder 8/16 channels (mostly new)")
+    assert few_shot.decoder_settings([8, 16]) == {"network_def#seg_channels": 8, "network_def#psp_channels": 16}
+    assert few_shot.decoder_settings(None) == {}
 
 
 def test_organ_scores_follow_the_channel_order():
