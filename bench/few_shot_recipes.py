@@ -71,8 +71,8 @@ def main(argv=None) -> None:
         stored = ", ".join(f"`{Path(p).resolve().relative_to(ROOT)}`" for p in args.stores)
         write_section(args.results, "few_shot_recipes.py",
                       "Foundation X (c) against scratch (a) under other fine-tuning recipes "
-                      f"(`bench/few_shot_recipes.py`; runs in {stored}); each recipe trains both arms, paired by seed, exact two-sided Wilcoxon "
-                      f"signed-rank test:\n\n{text}\n", heading="### Fine-tuning recipe")
+                      f"(`bench/few_shot_recipes.py`; runs in {stored}); each recipe trains both arms, paired by "
+                      f"seed, exact two-sided Wilcoxon signed-rank test:\n\n{text}\n", heading="### Fine-tuning recipe")
 
 
 if __name__ == "__main__":
