@@ -380,6 +380,12 @@ def table(runs: list[dict], metric: str = "dice_fx") -> str:
     return "\n".join(lines)
 
 
+def paired_cells(diffs: list[float]) -> str:
+    """Table cells of paired differences: "mean | pairs favouring the first / the second | Wilcoxon p"."""
+    return (f"{statistics.mean(diffs):+.3f} | {sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)} | "
+            f"{wilcoxon(diffs):.3g}")
+
+
 def paired(runs: list[dict], metric: str = "dice_fx", comparisons=COMPARISONS) -> str:
     """Markdown: the declared comparisons per shot count: mean paired difference, pairs favouring, Wilcoxon p."""
     by = {(r["arm"], r["shots"], r["seed"]): r[metric] for r in runs}
@@ -391,8 +397,7 @@ def paired(runs: list[dict], metric: str = "dice_fx", comparisons=COMPARISONS) -
             if not seeds:
                 continue
             diffs = [by[(arm, n, s)] - by[(other, n, s)] for s in seeds]
-            lines.append(f"| {ARMS[arm][:3]} − {ARMS[other][:3]} | {n} | {len(diffs)} | {statistics.mean(diffs):+.3f} | "
-                         f"{sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)} | {wilcoxon(diffs):.3g} |")
+            lines.append(f"| {ARMS[arm][:3]} − {ARMS[other][:3]} | {n} | {len(diffs)} | {paired_cells(diffs)} |")
     return "\n".join(lines)
 
 
@@ -535,11 +540,11 @@ def main(argv=None) -> None:
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
     parser.add_argument("--backbone_lr", type=float, default=None,
                         help="fine-tuning learning rate of the backbone (default: the bundle's demo value)")
-    parser.add_argument("--decoder_channels", type=int, nargs=2, default=None, metavar=("SEG", "PSP"),
-                        help="fine-tune with a UperNet decoder of these widths (default: the bundle's demo 32 64); "
-                             "other widths leave most of the pretrained decoder out (its PSP pooling branches still load)")
     parser.add_argument("--head_lr", type=float, default=None,
                         help="fine-tuning learning rate of the decoder and head (default: the bundle's demo value)")
+    parser.add_argument("--decoder_channels", type=int, nargs=2, default=None, metavar=("SEG", "PSP"),
+                        help="fine-tune with a UperNet decoder of these widths (default: the bundle's demo 32 64); other "
+                             "widths leave most of the pretrained decoder out (its PSP pooling branches still load)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot.json"),
                         help="the runs' results (JSON, resumable; outside --out so losing run folders loses no result)")

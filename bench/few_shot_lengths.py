@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_section  # noqa: E402
-from few_shot import ROOT, _mean_std, pretraining_metrics, wilcoxon  # noqa: E402
+from few_shot import ROOT, _mean_std, paired_cells, pretraining_metrics  # noqa: E402
 
 ARM, AGAINST = "foundation_x", "scratch"
 
@@ -81,8 +81,7 @@ def lengths_table(stores: list[dict]) -> str:
             lines.append(
                 f"| {store['settings']['pretrain_cycles']} | {pre['iterations']} | {pre['cpu_seconds'] / 60:.1f} | "
                 f"{teacher_summary(pre)} | {shots} | {_mean_std([runs[(shots, s)] for s in seeds])} | "
-                f"{_mean_std([scratch[(shots, s)] for s in seeds])} | {statistics.mean(diffs):+.3f} | "
-                f"{sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)} | {wilcoxon(diffs):.3g} |")
+                f"{_mean_std([scratch[(shots, s)] for s in seeds])} | {paired_cells(diffs)} |")
     return "\n".join(lines)
 
 

@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_section  # noqa: E402
-from few_shot import ROOT, _mean_std, wilcoxon  # noqa: E402
+from few_shot import BUNDLES, ROOT, _mean_std, paired_cells  # noqa: E402
 
 ARM, AGAINST = "foundation_x", "scratch"
-# the bundle's demo learning rates (bundles/finetune_seg/configs/demo.json), used where a store sets none
-DEMO_LR = {"backbone_lr": 3e-4, "head_lr": 1e-3}
+# the learning rates a store that sets none fine-tuned with: the bundle's demo override's
+DEMO = BUNDLES / "finetune_seg" / "configs" / "demo.json"
 
 
 def recipe(settings: dict) -> str:
     """"full, backbone lr 3e-04, head lr 1e-03, 200 it" from a store's settings."""
-    lrs = {k: v if settings.get(k) is None else settings[k] for k, v in DEMO_LR.items()}
+    demo = json.loads(DEMO.read_text())
+    lrs = {k: demo[k] if settings.get(k) is None else settings[k] for k in ("backbone_lr", "head_lr")}
     backbone = f"{lrs['backbone_lr']:.0e}" if lrs["backbone_lr"] else "0 (backbone frozen)"
     # other widths than the pretraining's: only the PSP pooling branches of the decoder load, the rest starts new
     decoder = (f", decoder {settings['decoder_channels'][0]}/{settings['decoder_channels'][1]} channels (mostly "
@@ -54,8 +54,7 @@ def recipes_table(stores: list[dict]) -> str:
             c, a = ([arms[arm][(shots, s)] for s in seeds] for arm in (ARM, AGAINST))
             diffs = [x - y for x, y in zip(c, a)]
             lines.append(f"| {recipe(store['settings'])} | {store['settings']['pretrain_cycles']} | {shots} | "
-                         f"{_mean_std(c)} | {_mean_std(a)} | {statistics.mean(diffs):+.3f} | "
-                         f"{sum(d > 0 for d in diffs)} / {sum(d < 0 for d in diffs)} | {wilcoxon(diffs):.3g} |")
+                         f"{_mean_std(c)} | {_mean_std(a)} | {paired_cells(diffs)} |")
     return "\n".join(lines)
 
 
