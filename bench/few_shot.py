@@ -9,9 +9,11 @@ The paper's downstream claim (Foundation X, WACV 2025: few-shot JSRT-clavicle Di
 2. Pretraining with ``bundles/foundation_x`` (demo backbone, ``--size`` px), every arm with the same number of
    iterations: (b) classification only over the three datasets' labels (Ark's recipe); (c) Foundation X, the
    phantom Lock-Release cycle over labels, boxes and masks with the EMA teacher; (d) (c) without lock phases;
-   (e) (c) without the teacher (no consistency term; the student is fine-tuned).
+   (e) (c) without the teacher (no consistency term; the student is fine-tuned). Self-supervised arms
+   (``bench/few_shot_ssl.py``), on the same images without their labels, each at about (c)'s CPU time: (g) DiRA,
+   (h) Adam-v2, (i) DiRA then the Foundation X cycle (half the time each).
 3. Fine-tuning ``bundles/finetune_seg`` (organs) on N training images chosen by seed (``--few_shot N
-   --few_shot_seed s``; one seed's sets are nested) from (a) scratch and (b)-(e), and (f) a MONAI UNet from
+   --few_shot_seed s``; one seed's sets are nested) from (a) scratch and (b)-(e), (g)-(i), and (f) a MONAI UNet from
    scratch (what a user would pick instead) on the same images, pipeline and iterations, at the learning rate
    ``bench/quality_seg.py`` chose on validation (``common.MONAI_UNET_LR``); a second run 4x as long is scored on
    the way, so it can be compared at equal CPU time. Test-split ``dice_fx``.
@@ -39,16 +41,23 @@ import sys
 import time
 from pathlib import Path
 
+from few_shot_ssl import SSL_ARMS, SSL_CONFIGS, SSL_COST, ssl_overrides, unlabelled_datalist
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 ARMS = {"scratch": "(a) from scratch", "single_task": "(b) classification-only pretraining (Ark's recipe)",
         "foundation_x": "(c) Foundation X (Lock-Release + teacher)",
         "fx_no_lock": "(d) Foundation X without lock phases", "fx_no_teacher": "(e) Foundation X without teacher",
-        "monai_unet": "(f) MONAI UNet from scratch"}
-PRETRAINED = ("single_task", "foundation_x", "fx_no_lock", "fx_no_teacher")
-# the paired comparisons the issue's goals are about, declared before the runs: (arm, against)
+        "monai_unet": "(f) MONAI UNet from scratch",
+        "ssl_dira": "(g) DiRA self-supervised (unlabelled images)",
+        "ssl_adam": "(h) Adam-v2 self-supervised (unlabelled images)",
+        "dira_fx": "(i) DiRA, then Foundation X"}
+PRETRAINED = ("single_task", "foundation_x", "fx_no_lock", "fx_no_teacher", "ssl_dira", "ssl_adam", "dira_fx")
+# the paired comparisons the issues' goals are about, declared before the runs: (arm, against); the SSL issue's
+# published direction: SSL beats scratch with few images, SSL + supervision beats either
 COMPARISONS = (("foundation_x", "scratch"), ("foundation_x", "single_task"), ("foundation_x", "monai_unet"),
-               ("foundation_x", "fx_no_lock"), ("foundation_x", "fx_no_teacher"))
+               ("foundation_x", "fx_no_lock"), ("foundation_x", "fx_no_teacher"),
+               ("ssl_dira", "scratch"), ("ssl_adam", "scratch"), ("dira_fx", "ssl_dira"), ("dira_fx", "foundation_x"))
 PRETRAIN_SEG_CLASSES = ["ribs", "pneumothorax", "effusion"]
 ORGANS = ["lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right"]
 COMMON = {"num_workers": 0, "batch_size": 4, "progress_bar": False}
@@ -186,8 +195,10 @@ def build_data(out: Path, args) -> dict:
                      verbose=False, datasets=("phantom_seg",))
     seg = few_shot_datalist(pre / "phantom_seg" / "datalist.json", pre / "phantom_seg_pretrain.json",
                             seg_classes=PRETRAIN_SEG_CLASSES, name="phantom_seg")
-    return {"pretrain": {"phantom_cls": str(pre / "phantom_cls" / "datalist.json"),
-                         "phantom_det": str(pre / "phantom_det" / "datalist.json"), "phantom_seg": seg},
+    lists = {"phantom_cls": str(pre / "phantom_cls" / "datalist.json"),
+             "phantom_det": str(pre / "phantom_det" / "datalist.json"), "phantom_seg": seg}
+    images = [lists["phantom_cls"], lists["phantom_det"], str(pre / "phantom_seg" / "datalist.json")]
+    return {"pretrain": lists, "unlabelled": unlabelled_datalist(images, pre / "unlabelled.json"),
             "seg": str(down / "phantom_seg" / "datalist.json")}
 
 
@@ -211,8 +222,10 @@ def decoder_settings(channels: list[int] | None) -> dict:
     return {"network_def#seg_channels": channels[0], "network_def#psp_channels": channels[1]}
 
 
-def pretrain_specs(data: dict, out: Path, cycles: int, size: int) -> dict[str, dict]:
-    """The pretraining runs, all with the Foundation X cycle's number of iterations."""
+def pretrain_specs(data: dict, out: Path, cycles: int, size: int, cost: dict[str, float] = SSL_COST
+                   ) -> dict[str, dict]:
+    """The pretraining runs: (b)-(e) with the Foundation X cycle's number of iterations, the SSL arms at about its
+    CPU time (``cost``: an SSL iteration's CPU time over a cycle iteration's, ``few_shot_ssl.SSL_COST``)."""
     from cxrfx.engines.schedule import expand_tasks, phantom_cycle
 
     lists = data["pretrain"]
@@ -229,6 +242,12 @@ def pretrain_specs(data: dict, out: Path, cycles: int, size: int) -> dict[str, d
             "network_def#seg_heads": {"phantom_seg": len(PRETRAIN_SEG_CLASSES)}}
     specs = {}
     for arm in PRETRAINED:
+        if arm in SSL_ARMS:
+            specs[arm] = {"arm": arm, "root": str(out / "pretrain" / arm), "configs": SSL_CONFIGS,
+                          "overrides": ssl_overrides(arm, {**base, "datasets": fx_sources, "schedule": phantom_cycle()},
+                                                     data["unlabelled"], cycles, cost),
+                          "key": SSL_ARMS[arm][1]}
+            continue
         sources = cls_sources if arm == "single_task" else fx_sources
         epochs = max(1, round(fx_iterations / _cycle_length(sources, schedules[arm], bs, size)))
         overrides = {**base, "datasets": sources, "schedule": schedules[arm], "epochs": epochs, "val_interval": epochs}
@@ -245,7 +264,8 @@ def pretrain(spec: dict) -> dict:
 
     root = Path(spec["root"])
     start, cpu = time.perf_counter(), time.process_time()
-    call = bundle_run("foundation_x", ["train.json", "demo.json"], root, root / "train.log", **spec["overrides"])
+    call = bundle_run("foundation_x", spec.get("configs", ["train.json", "demo.json"]), root, root / "train.log",
+                      **spec["overrides"])
     state = torch.load(root / "models" / "last.pt", map_location="cpu", weights_only=True)
     return {"arm": spec["arm"], "checkpoint": str(root / "models" / "last.pt"), "key": spec["key"], "call": call,
             "iterations": int(state["trainer"]["iteration"]), "seconds": round(time.perf_counter() - start, 1),
@@ -577,8 +597,10 @@ def main(argv=None) -> None:
         summary["command"] = " ".join(["python bench/few_shot.py", *(argv if argv is not None else sys.argv[1:])])
         out.mkdir(parents=True, exist_ok=True)
         store.parent.mkdir(parents=True, exist_ok=True)
+        pending = {arm for arm, shots, seed in job_order(args.seeds, args.shots, args.arms)
+                   if f"{arm}/{shots}/{seed}" not in summary["runs"]}
         for arm, done in list(summary["pretraining"].items()):
-            if not Path(done["checkpoint"]).exists():
+            if arm in pending and not Path(done["checkpoint"]).exists():  # a record no run needs again is kept
                 print(f"pretrained {arm}: {done['checkpoint']} is gone; pretraining again (same seed)", flush=True)
                 del summary["pretraining"][arm]
 
@@ -649,6 +671,16 @@ def _sessions(summary: dict) -> str:
 BEGIN, END = "<!-- few_shot.py: begin (generated) -->", "<!-- few_shot.py: end -->"
 
 
+def _ssl_part(done: dict) -> str:
+    """" (3 DiRA epochs, then 4 cycles)" for an SSL arm's pretraining record, "" for the others."""
+    overrides = done["call"]["overrides"]
+    if "ssl_warmup_epochs" not in overrides:
+        return ""
+    recipe = "Adam-v2" if "ssl_transforms" in overrides else "DiRA"
+    ssl, cycles = overrides["ssl_warmup_epochs"], overrides["epochs"] - overrides["ssl_warmup_epochs"]
+    return f" ({ssl} {recipe} epoch(s) of one cycle's length" + (f", then {cycles} cycles)" if cycles else ")")
+
+
 def write_report(path: Path, summary: dict, tables: dict) -> None:
     """Put the generated part (command, budget, tables, example bundle commands) between the markers of
     ``path``, keeping any hand-written text around them. Paths are shown relative to the repository."""
@@ -664,11 +696,12 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
              f"dataset), downstream seed {s['downstream_seed']} ({s['downstream_count']} images), disjoint patients, "
              f"rendered at {s['phantom_size']} px. Pretraining and fine-tuning at {s['size']} px, demo backbone; "
              f"fine-tuning mode `{s['mode']}`, {s['iterations']} iterations of batch {COMMON['batch_size']} in every "
-             "arm.", "", "Pretraining (same iterations in every arm):", ""]
+             "arm.", "", "Pretraining ((b)-(e): the same iterations; the SSL arms: about (c)'s CPU time):", ""]
     for arm in PRETRAINED:
         if arm in pre:
-            lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations, {pre[arm]['seconds'] / 60:.1f} min wall, "
-                         f"{pre[arm]['cpu_seconds'] / 60:.1f} CPU-min, fine-tuned from its {pre[arm]['key']}")
+            lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations{_ssl_part(pre[arm])}, "
+                         f"{pre[arm]['seconds'] / 60:.1f} min wall, {pre[arm]['cpu_seconds'] / 60:.1f} CPU-min, "
+                         f"fine-tuned from its {pre[arm]['key']}")
     lines += ["", f"### Segmentation: test Dice (`dice_fx`), 5 organs, {s['size']} px", "",
               "Mean ± sample standard deviation over seeds (number of seeds in brackets); each seed draws its own "
               "training images and training randomness, the same in every arm.", "", tables["seg"], "",

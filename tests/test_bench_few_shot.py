@@ -53,12 +53,12 @@ def test_equal_time_is_wall_time_on_a_gpu():
 
 def test_job_order_follows_the_issue_stages():
     order = few_shot.job_order([0, 1], [2, 4, 8], list(few_shot.ARMS))
-    assert len(order) == 2 * 3 * 6 and len(set(order)) == len(order)
+    assert len(order) == 2 * 3 * 9 and len(set(order)) == len(order)
     first = order[:16]  # (a), (b), (c), (f) at 2 and 4 images, seed by seed
     assert {a for a, _, _ in first} == set(few_shot.FIRST_ARMS) and {n for _, n, _ in first} == {2, 4}
     assert [s for _, _, s in first] == [0] * 8 + [1] * 8
-    assert {a for a, _, _ in order[16:24]} == {"fx_no_lock", "fx_no_teacher"}
-    assert {n for _, n, _ in order[24:]} == {8}
+    assert {a for a, _, _ in order[16:36]} == {"fx_no_lock", "fx_no_teacher", "ssl_dira", "ssl_adam", "dira_fx"}
+    assert {n for _, n, _ in order[36:]} == {8}
 
 
 def _double(job: dict) -> dict:  # a task for execute(), importable by its worker processes
