@@ -671,12 +671,12 @@ def _sessions(summary: dict) -> str:
 BEGIN, END = "<!-- few_shot.py: begin (generated) -->", "<!-- few_shot.py: end -->"
 
 
-def _ssl_part(done: dict) -> str:
+def _ssl_part(arm: str, done: dict) -> str:
     """" (3 DiRA epochs, then 4 cycles)" for an SSL arm's pretraining record, "" for the others."""
-    overrides = done["call"]["overrides"]
-    if "ssl_warmup_epochs" not in overrides:
+    if arm not in SSL_ARMS:
         return ""
-    recipe = "Adam-v2" if "ssl_transforms" in overrides else "DiRA"
+    recipe = {"dira": "DiRA", "adam_v2": "Adam-v2"}[SSL_ARMS[arm][0]]
+    overrides = done["call"]["overrides"]
     ssl, cycles = overrides["ssl_warmup_epochs"], overrides["epochs"] - overrides["ssl_warmup_epochs"]
     return f" ({ssl} {recipe} epoch(s) of one cycle's length" + (f", then {cycles} cycles)" if cycles else ")")
 
@@ -699,7 +699,7 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
              "arm.", "", "Pretraining ((b)-(e): the same iterations; the SSL arms: about (c)'s CPU time):", ""]
     for arm in PRETRAINED:
         if arm in pre:
-            lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations{_ssl_part(pre[arm])}, "
+            lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations{_ssl_part(arm, pre[arm])}, "
                          f"{pre[arm]['seconds'] / 60:.1f} min wall, {pre[arm]['cpu_seconds'] / 60:.1f} CPU-min, "
                          f"fine-tuned from its {pre[arm]['key']}")
     lines += ["", f"### Segmentation: test Dice (`dice_fx`), 5 organs, {s['size']} px", "",
