@@ -83,8 +83,9 @@ def build_phantom(out: Path, count: int, size: int, seed: int) -> str:
     return str(out / "phantom_det" / "datalist.json")
 
 
-def cxrfx_arm(datalist: str, size: int, workdir: str):
-    """(network, detector, optimizer) as bundles/finetune_det builds them with its demo backbone."""
+def cxrfx_arm(datalist: str, size: int, workdir: str, overrides: dict | None = None):
+    """(network, detector, optimizer) as bundles/finetune_det builds them with its demo backbone; ``overrides``:
+    bundle config overrides on top (``bench/det_tuning.py``'s variants)."""
     from monai.bundle import ConfigParser
 
     from cxrfx.engines import build_optimizer
@@ -94,14 +95,17 @@ def cxrfx_arm(datalist: str, size: int, workdir: str):
     parser = ConfigParser()
     parser.read_config([str(configs / "train.json"), str(configs / "demo.json")])
     parser.update({"bundle_root": str(ROOT / "bundles" / "finetune_det"), "output_dir": workdir,
-                   "image_size": size, "source_datalist": datalist, "backbone_kwargs#window_size": size // 32})
+                   "image_size": size, "source_datalist": datalist, "backbone_kwargs#window_size": size // 32,
+                   **(overrides or {})})
     net = parser.get_parsed_content("network_def")
     optimizer = build_optimizer(net, backbone_lr=parser["backbone_lr"], head_lr=parser["head_lr"], weight_decay=1e-4)
     head = parser["dataset_name"]
     return net, lambda: build_detector(net, head), lambda: build_detector(net, head, score_thresh=0.02), optimizer
 
 
-def monai_arm(datalist: str, size: int, workdir: str):
+def monai_arm(datalist: str, size: int, workdir: str, overrides: dict | None = None):
+    if overrides:
+        raise ValueError(f"the monai arm is MONAI's own recipe and takes no bundle overrides, got {overrides}")
     from det_baseline import monai_retinanet
 
     from cxrfx.data.boxes import box_sizes, fit_anchor_shapes
@@ -156,7 +160,7 @@ class BudgetSchedule:
 
 def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations: int | None,
           budget_s: float | None, eval_at: list[int] | None = None, on_point=None, save_to: Path | None = None,
-          ema: tuple[float, ...] = ()) -> dict:
+          ema: tuple[float, ...] = (), overrides: dict | None = None) -> dict:
     """One run; with ``ema`` momenta, an exponential moving average of the weights per momentum is kept (its
     update counted in the training budget) and scored beside the last iterate under ``result["ema"]["<m>"]``."""
     from monai.optimizers import WarmupCosineSchedule
@@ -168,7 +172,7 @@ def train(arm: str, datalist: str, size: int, batch: int, seed: int, iterations:
     torch.manual_seed(seed)
     np.random.seed(seed)
     with tempfile.TemporaryDirectory() as workdir:
-        net, train_detector, eval_detector, optimizer = ARMS[arm](datalist, size, workdir)
+        net, train_detector, eval_detector, optimizer = ARMS[arm](datalist, size, workdir, overrides)
     sources = {"lesions": {"datalist": datalist, "tasks": ["det"]}}
     loader = build_sources(sources, "training", size, batch, train=True, seed=seed, cache_rate=1.0)["det/lesions"]
     detector = train_detector()
