@@ -118,6 +118,40 @@ def monai_arm(datalist: str, size: int, workdir: str, overrides: dict | None = N
 
 
 ARMS = {"cxrfx": cxrfx_arm, "monai": monai_arm}
+# The cxrfx arm's recipe before bench/det_tuning.py: runs stored without a recipe were trained with it.
+EARLIER_RECIPE = {"head_lr": 1e-3, "backbone_lr": 3e-4, "drop_path_rate": 0.1}
+
+
+def cxrfx_recipe() -> dict:
+    """The learning rates and stochastic depth the cxrfx arm trains with (finetune_det's train.json + demo.json)."""
+    from monai.bundle import ConfigParser
+
+    configs = ROOT / "bundles" / "finetune_det" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "demo.json")])
+    return {"head_lr": float(parser["head_lr"]), "backbone_lr": float(parser["backbone_lr"]),
+            "drop_path_rate": float(parser["backbone_kwargs"]["drop_path_rate"])}
+
+
+def retire_other_recipes(stored: dict, recipe: dict, previous: dict | None) -> None:
+    """Move the cxrfx runs, curves and re-measurements of another recipe than ``recipe`` under ``"superseded"``
+    (with that recipe in its setting): the bundle's recipe changed, so they no longer measure it. The baseline's
+    runs stay: its recipe is MONAI's and did not change."""
+    def other(r):
+        return r.get("arm") == "cxrfx" and r.get("recipe", previous or EARLIER_RECIPE) != recipe
+
+    moved = {kind: {k: r for k, r in stored.get(kind, {}).items() if other(r)} for kind in ("runs", "curves")}
+    moved["replaced"] = {k: r for k, r in stored.get("replaced", {}).items() if k.startswith("cxrfx/")
+                         and r.get("recipe", previous or EARLIER_RECIPE) != recipe}
+    if not any(moved.values()):
+        return
+    for kind, entries in moved.items():
+        for key in entries:
+            del stored[kind][key]
+    old = previous or EARLIER_RECIPE
+    print(f"cxrfx runs of the recipe {old} kept under 'superseded'; the bundle's is now {recipe}")
+    stored.setdefault("superseded", []).append({"meta": {**stored["meta"], "cxrfx_recipe": old},
+                                                **{k: v for k, v in moved.items() if v}})
 
 
 def cpu_seconds() -> float:
@@ -375,7 +409,10 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
              f"{meta.get('train_images', '?')} images (its training split plus, where more, every image of a second "
              f"build of other patients, seed + 1); evaluated on the {meta['eval_images']} validation + test images "
              f"({meta['eval_lesions']} lesions: " + ", ".join(f"{meta['bin_counts'][b]} {b}" for b in BINS) +
-             "). Batch 8, trained from scratch. mean ± std over seeds; `n` = seeds run.", "",
+             "). Batch 8, trained from scratch. mean ± std over seeds; `n` = seeds run."
+             + (" cxrfx learning rates (the bundle's demo recipe, chosen with `bench/det_tuning.py`): {head_lr:g} "
+                "heads / {backbone_lr:g} backbone, stochastic depth {drop_path_rate:g}."
+                .format(**meta["cxrfx_recipe"]) if "cxrfx_recipe" in meta else ""), "",
              "Reproduce (resumes; `--report-only` rewrites this): " +
              "; ".join(f"`{c.replace(str(Path.home()), '~')}`"
                        for c in commands or ["python bench/quality_det.py --threads 1 --seeds 0 1 2"]) +
@@ -433,6 +470,8 @@ def report(results: dict, meta: dict, excluded: dict | None = None, curves: dict
         m, runs = old["meta"], old.get("runs", {})
         setting = (f"{m.get('train_images', 184)} training images, {m.get('eval_images', '?')} held-out images, "
                    f"{m.get('threads', 2)} thread(s), {m['budget_minutes']:g} min budget")
+        if "cxrfx_recipe" in m:
+            setting += ", cxrfx learning rates {head_lr:g} heads / {backbone_lr:g} backbone".format(**m["cxrfx_recipe"])
         cells = [f"{arm} {budget} {_ms([r['ap50'] for r in runs.values() if (r['arm'], r['budget']) == (arm, budget)])}"
                  f" (n={sum((r['arm'], r['budget']) == (arm, budget) for r in runs.values())})"
                  for arm in ARMS for budget in sorted({r["budget"] for r in runs.values()}, key=budget_order)
@@ -576,8 +615,11 @@ def main(argv=None) -> None:
             "generator_version": json.load(open(Path(a.data) / "phantom.json"))["params"]["generator_version"],
             "bin_counts": {b: int(((cnrs >= lo) & (cnrs < hi)).sum()) for b, (lo, hi) in BINS.items()}}
     command = " ".join(["python bench/quality_det.py", *(argv if argv is not None else sys.argv[1:])])
+    recipe = meta["cxrfx_recipe"] = cxrfx_recipe()
     with locked_store(results_path) as stored:
+        previous = (stored.get("meta") or {}).get("cxrfx_recipe")
         adopt_setting(stored, meta)
+        retire_other_recipes(stored, recipe, previous)
         if command not in stored.setdefault("commands", []):  # what made this file's runs, for its report
             stored["commands"].append(command)
     models = Path(a.models)
@@ -597,7 +639,7 @@ def main(argv=None) -> None:
 
                 r = train(arm, train_list, a.size, a.batch, seed, max(a.curve), None, eval_at=sorted(a.curve),
                           on_point=keep, save_to=models / f"{key.replace('/', '_')}.pt")
-                r.update(arm=arm, seed=seed, train_images=n_train)
+                r.update(arm=arm, seed=seed, train_images=n_train, **({"recipe": recipe} if arm == "cxrfx" else {}))
                 with locked_store(results_path) as stored:
                     stored.setdefault("curves", {})[key] = r
                 for it, p in sorted(r["points"].items(), key=lambda kv: int(kv[0])):
@@ -615,7 +657,7 @@ def main(argv=None) -> None:
                               a.iterations if kind == "iterations" else None,
                               a.budget_minutes * 60 if kind == "time" else None,
                               save_to=models / f"{key.replace('/', '_')}.pt", ema=tuple(a.ema))
-                    r.update(arm=arm, budget=budget, seed=seed)
+                    r.update(arm=arm, budget=budget, seed=seed, **({"recipe": recipe} if arm == "cxrfx" else {}))
                     with locked_store(results_path) as stored:
                         stored["runs"][key] = r
                         stored.get("excluded", {}).pop(key, None)

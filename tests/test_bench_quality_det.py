@@ -176,3 +176,30 @@ def test_the_report_names_the_commands_that_made_its_runs():
     moved = {"meta": {**stored["meta"], "count": 1}, "runs": {"a": {}}, "commands": ["python bench/quality_det.py"]}
     qd.adopt_setting(moved, stored["meta"])  # a new setting: the old commands go with the old runs
     assert "commands" not in moved and moved["superseded"][-1]["commands"] == ["python bench/quality_det.py"]
+
+
+def test_a_new_cxrfx_recipe_retires_its_old_runs_and_keeps_the_baselines():
+    """finetune_det's learning rates changed (bench/det_tuning.py): the cxrfx runs of the earlier recipe no longer
+    measure the bundle and move under 'superseded' with their recipe named; MONAI's runs stay in the table."""
+    qd = _module()
+    stored = json.loads((ROOT / "bench" / "results" / "quality_det.json").read_text())
+    stored["meta"].pop("cxrfx_recipe", None)
+    for r in stored["runs"].values():
+        r.pop("recipe", None)
+    cxrfx = {k for k, r in stored["runs"].items() if r["arm"] == "cxrfx"}
+    monai = set(stored["runs"]) - cxrfx
+    assert cxrfx and monai
+    recipe = {"head_lr": 2.5e-4, "backbone_lr": 7.5e-5, "drop_path_rate": 0.1}
+    n_superseded = len(stored.get("superseded", []))
+    qd.retire_other_recipes(stored, recipe, None)
+    assert set(stored["runs"]) == monai
+    moved = stored["superseded"][-1]
+    assert len(stored["superseded"]) == n_superseded + 1
+    assert set(moved["runs"]) == cxrfx and moved["meta"]["cxrfx_recipe"] == qd.EARLIER_RECIPE
+    # a run of the new recipe stays; calling again moves nothing
+    stored["runs"]["cxrfx/iterations/0"] = {**moved["runs"]["cxrfx/iterations/0"], "recipe": recipe}
+    qd.retire_other_recipes(stored, recipe, recipe)
+    assert "cxrfx/iterations/0" in stored["runs"] and len(stored["superseded"]) == n_superseded + 1
+    text = qd.report(stored["runs"], {**stored["meta"], "cxrfx_recipe": recipe}, superseded=stored["superseded"])
+    assert "cxrfx learning rates (the bundle's demo recipe, chosen with `bench/det_tuning.py`): 0.00025 heads" in text
+    assert "cxrfx learning rates 0.001 heads / 0.0003 backbone), held-out AP50: cxrfx iterations" in text
