@@ -83,17 +83,23 @@ def build_phantom(out: Path, count: int, size: int, seed: int) -> str:
     return str(out / "phantom_det" / "datalist.json")
 
 
-def cxrfx_arm(datalist: str, size: int, workdir: str, overrides: dict | None = None):
-    """(network, detector, optimizer) as bundles/finetune_det builds them with its demo backbone; ``overrides``:
-    bundle config overrides on top (``bench/det_tuning.py``'s variants)."""
+def _bundle_parser():
+    """finetune_det's train.json + demo.json, as the cxrfx arm trains with them."""
     from monai.bundle import ConfigParser
-
-    from cxrfx.engines import build_optimizer
-    from cxrfx.networks.heads.detection import build_detector
 
     configs = ROOT / "bundles" / "finetune_det" / "configs"
     parser = ConfigParser()
     parser.read_config([str(configs / "train.json"), str(configs / "demo.json")])
+    return parser
+
+
+def cxrfx_arm(datalist: str, size: int, workdir: str, overrides: dict | None = None):
+    """(network, detector, optimizer) as bundles/finetune_det builds them with its demo backbone; ``overrides``:
+    bundle config overrides on top (``bench/det_tuning.py``'s variants)."""
+    from cxrfx.engines import build_optimizer
+    from cxrfx.networks.heads.detection import build_detector
+
+    parser = _bundle_parser()
     parser.update({"bundle_root": str(ROOT / "bundles" / "finetune_det"), "output_dir": workdir,
                    "image_size": size, "source_datalist": datalist, "backbone_kwargs#window_size": size // 32,
                    **(overrides or {})})
@@ -124,11 +130,7 @@ EARLIER_RECIPE = {"head_lr": 1e-3, "backbone_lr": 3e-4, "drop_path_rate": 0.1}
 
 def cxrfx_recipe() -> dict:
     """The learning rates and stochastic depth the cxrfx arm trains with (finetune_det's train.json + demo.json)."""
-    from monai.bundle import ConfigParser
-
-    configs = ROOT / "bundles" / "finetune_det" / "configs"
-    parser = ConfigParser()
-    parser.read_config([str(configs / "train.json"), str(configs / "demo.json")])
+    parser = _bundle_parser()
     return {"head_lr": float(parser["head_lr"]), "backbone_lr": float(parser["backbone_lr"]),
             "drop_path_rate": float(parser["backbone_kwargs"]["drop_path_rate"])}
 
@@ -137,18 +139,15 @@ def retire_other_recipes(stored: dict, recipe: dict, previous: dict | None) -> N
     """Move the cxrfx runs, curves and re-measurements of another recipe than ``recipe`` under ``"superseded"``
     (with that recipe in its setting): the bundle's recipe changed, so they no longer measure it. The baseline's
     runs stay: its recipe is MONAI's and did not change."""
-    def other(r):
-        return r.get("arm") == "cxrfx" and r.get("recipe", previous or EARLIER_RECIPE) != recipe
-
-    moved = {kind: {k: r for k, r in stored.get(kind, {}).items() if other(r)} for kind in ("runs", "curves")}
-    moved["replaced"] = {k: r for k, r in stored.get("replaced", {}).items() if k.startswith("cxrfx/")
-                         and r.get("recipe", previous or EARLIER_RECIPE) != recipe}
+    old = previous or EARLIER_RECIPE
+    moved = {kind: {k: r for k, r in stored.get(kind, {}).items()  # keys of all three kinds start with the arm
+                    if k.startswith("cxrfx/") and r.get("recipe", old) != recipe}
+             for kind in ("runs", "curves", "replaced")}
     if not any(moved.values()):
         return
     for kind, entries in moved.items():
         for key in entries:
             del stored[kind][key]
-    old = previous or EARLIER_RECIPE
     print(f"cxrfx runs of the recipe {old} kept under 'superseded'; the bundle's is now {recipe}")
     stored.setdefault("superseded", []).append({"meta": {**stored["meta"], "cxrfx_recipe": old},
                                                 **{k: v for k, v in moved.items() if v}})
