@@ -39,12 +39,29 @@ def test_finetune_det_trains_validates_and_predicts_with_dino(tmp_path, phantom)
     assert last.exists()
 
     infer = workflow(BUNDLE, ["inference.json", "demo.json", "dino.json"], "infer", tmp_path,
-                     dataset_dir=str(phantom), dino_options=TINY_DINO, ckpt_path=str(last))
+                     dataset_dir=str(phantom), dino_options=TINY_DINO, ckpt_path=str(last), box_score_threshold=0.0)
     infer.initialize()
     infer.run()
     written = sorted((tmp_path / "eval" / "predictions").glob("*.json"))
     assert written
+    # four iterations teach the head little: with no score floor, every decoded query is written, whatever it scores
     boxes = json.loads(written[0].read_text())["heads"]["det/nodules"]
     assert boxes and all(len(b["box_xyxy"]) == 4 and 0.0 <= b["score"] <= 1.0 and b["label"] in (0, 1)
                          for b in boxes)
     assert all(math.isfinite(v) for b in boxes for v in b["box_xyxy"])
+
+    # the bundle's box_score_threshold is the floor of what is written: the median score drops the lower half
+    floor = sorted(b["score"] for b in boxes)[len(boxes) // 2]
+    infer = workflow(BUNDLE, ["inference.json", "demo.json", "dino.json"], "infer", tmp_path,
+                     dataset_dir=str(phantom), dino_options=TINY_DINO, ckpt_path=str(last), box_score_threshold=floor)
+    infer.initialize()
+    infer.run()
+    kept = json.loads(written[0].read_text())["heads"]["det/nodules"]
+    assert 0 < len(kept) < len(boxes) and all(b["score"] >= floor - 1e-6 for b in kept)
+
+    bad = workflow(BUNDLE, ["inference.json", "demo.json", "dino.json"], "infer", tmp_path, dataset_dir=str(phantom),
+                   dino_options=TINY_DINO, ckpt_path=str(last), box_score_threshold=1.5)
+    bad.initialize()
+    with pytest.raises(RuntimeError) as failure:  # MONAI's config parser wraps the predictor's ValueError
+        bad.parser.get_parsed_content("evaluator")
+    assert "box_score_threshold must be in [0, 1], got 1.5" in str(failure.value.__cause__)

@@ -86,17 +86,23 @@ class MultiTaskPredictor(Evaluator):
     Args:
         device: torch device. dataset: from :func:`prediction_dataset`. network: a :class:`FoundationX`.
         writer: where results go. image_size: network input side. det_classes: names per detection head.
+        box_score_threshold: boxes scoring below it are dropped before writing (the JSON keeps every box at
+            or above it; the writer's own ``score_threshold`` only decides which are drawn on the overlay).
+            0 keeps every decoded box, e.g. to rank them elsewhere.
     """
 
     def __init__(self, device, dataset: Dataset, network: torch.nn.Module, writer: PredictionWriter,
-                 image_size: int = 224, det_classes: Mapping[str, Sequence[str]] | None = None, **kwargs):
+                 image_size: int = 224, det_classes: Mapping[str, Sequence[str]] | None = None,
+                 box_score_threshold: float = 0.05, **kwargs):
+        if not 0.0 <= float(box_score_threshold) <= 1.0:
+            raise ValueError(f"box_score_threshold must be in [0, 1], got {box_score_threshold!r}")
         loader = DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=lambda batch: batch[0])
         # the length is known at run time (the dataset lists its input then): a placeholder until run()
         super().__init__(device=device, val_data_loader=loader, epoch_length=1, decollate=False, **kwargs)
         self.network = network.module if hasattr(network, "module") else network
         self.writer, self.image_size = writer, image_size
         self.det_classes = dict(det_classes or {})
-        self.predictor = HeadPredictor(self.network, {"det": {"score_thresh": 0.05}})
+        self.predictor = HeadPredictor(self.network, {"det": {"score_thresh": float(box_score_threshold)}})
         self.failures: list[str] = []
         self.run_log = logging.getLogger("cxrfx.predict")  # ignite keeps its own self.logger
 
