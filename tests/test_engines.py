@@ -223,3 +223,48 @@ def test_teacher_runs_only_when_its_term_has_a_gradient_and_without_heads(loader
     trainer.run()
     assert calls == {"backbone": 3, "heads": 0}
     assert consistency[:2] == [0.0, 0.0] and all(c > 0 for c in consistency[2:])
+
+
+def test_task_lr_scale_scales_only_that_tasks_updates(loaders):
+    net = _net()
+    schedule = [{"dataset": "phantom_cls", "task": "cls", "phase": "release", "iterations": 2},
+                {"dataset": "phantom_det", "task": "det", "phase": "release", "iterations": 2},
+                {"dataset": "phantom_seg", "task": "seg", "phase": "release", "iterations": 2}]
+    lock_release = LockReleaseHandler(schedule, loaders, net)
+    optimizer = build_optimizer(net, backbone_lr=1e-3, head_lr=1e-2, weight_decay=0.05)
+    trainer = MultiTaskTrainer("cpu", 1, net, optimizer, lock_release, task_lr_scale={"det": 0.25})
+    seen, step = [], optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append((trainer.state.cxrfx_step.task, [g["lr"] for g in optimizer.param_groups]))
+        return step(*args, **kwargs)
+
+    optimizer.step = recording_step
+    trainer.run()
+    base = {"backbone": 1e-3, "backbone_no_decay": 1e-3, "heads": 1e-2, "heads_no_decay": 1e-2}
+    expected = [base[g["name"]] for g in optimizer.param_groups]
+    assert [task for task, _ in seen] == ["cls", "cls", "det", "det", "seg", "seg"]
+    for task, rates in seen:
+        assert rates == pytest.approx([r * (0.25 if task == "det" else 1.0) for r in expected])
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(expected)  # restored after each update
+
+
+def test_scaled_step_moves_parameters_by_the_scaled_rate_and_restores_it():
+    from cxrfx.engines.workflow import _scaled_step
+
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([p], lr=0.5)
+    p.grad = torch.tensor([1.0, 2.0, -4.0])
+    _scaled_step(optimizer, 0.1)
+    assert torch.allclose(p.detach(), torch.tensor([0.95, 0.9, 1.2])) and optimizer.param_groups[0]["lr"] == 0.5
+
+
+@pytest.mark.parametrize("spec, message", [({"ssl": 0.5}, "cannot scale \\['ssl'\\]"),
+                                           ({"detection": 0.5}, "cannot scale \\['detection'\\]"),
+                                           ({"det": 0}, "task_lr_scale\\['det'\\] must be a positive number, got 0"),
+                                           ({"det": "0.1"}, "must be a positive number, got '0.1'")])
+def test_task_lr_scale_refuses_unknown_tasks_and_bad_factors(loaders, spec, message):
+    net = _net()
+    lock_release = LockReleaseHandler([{"dataset": "phantom_cls", "task": "cls", "iterations": 1}], loaders, net)
+    with pytest.raises(ConfigError, match=message):
+        MultiTaskTrainer("cpu", 1, net, build_optimizer(net), lock_release, task_lr_scale=spec)

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from cxrfx.errors import ConfigError
 
 __all__ = ["Step", "parse_schedule", "resolve_lengths", "paper_cycle", "phantom_cycle", "PAPER_TASK_ORDER",
-           "expand_tasks", "finetune_schedule", "FINETUNE_MODES", "with_ssl", "SSL_TASK"]
+           "expand_tasks", "finetune_schedule", "FINETUNE_MODES", "with_ssl", "SSL_TASK", "TASKS"]
 
 SSL_TASK = "ssl"
-_TASKS = ("cls", "seg", "det", SSL_TASK)
+TASKS = ("cls", "seg", "det", SSL_TASK)
 _PHASES = ("lock", "release")
 
 
@@ -38,8 +38,8 @@ class Step:
     epoch_fraction: float | None = None
 
     def __post_init__(self):
-        if self.task not in _TASKS:
-            raise ConfigError(f"schedule step {self}: task must be one of {_TASKS}")
+        if self.task not in TASKS:
+            raise ConfigError(f"schedule step {self}: task must be one of {TASKS}")
         if self.phase not in _PHASES:
             raise ConfigError(f"schedule step {self}: phase must be 'lock' or 'release'")
         if (self.iterations is None) == (self.epoch_fraction is None):

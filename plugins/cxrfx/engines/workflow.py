@@ -8,6 +8,12 @@ features: the pooled embedding (cls), the fused UperNet map (seg), the neck leve
 keeps its gradient unless ``det_consistency_gradient=False`` (the reference code's behaviour for
 localization). The teacher computes only the shared feature, and nothing in lock steps, where the frozen shared
 part gives the term no gradient. AMP: bf16 autocast on CPU and CUDA (``amp=True``); gradients clipped by norm.
+
+``task_lr_scale`` gives a task its own learning rate: ``{"det": 0.1}`` multiplies every group's rate by 0.1 for the
+updates of localization steps only. The tasks share the backbone but not their sensitivity to the step size (on the
+phantom, a detector from scratch does not take off at the rates where segmentation learns fastest), so one global
+rate must otherwise sacrifice one of them. The scale is applied around ``optimizer.step()`` and undone after it,
+so the LR scheduler's own values, and what it saves, are untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from torch import nn
 
 from cxrfx.engines.lock_release import LockReleaseHandler, freeze_norm_statistics
 from cxrfx.engines.losses import consistency_loss
+from cxrfx.engines.schedule import SSL_TASK, TASKS
 from cxrfx.errors import ConfigError
 
 __all__ = ["MultiTaskTrainer"]
@@ -41,6 +48,35 @@ def _single_loss_for_tracking(handlers: Sequence | None) -> None:
             handler.output_transform = lambda output, read=handler.output_transform: _first_if_single(read(output))
 
 
+def _task_lr_scale(spec: Mapping[str, float] | None) -> dict[str, float]:
+    """``task_lr_scale`` checked: supervised tasks only (an ``ssl`` step's update is its recipe's, ``cxrfx.ssl``),
+    finite positive factors."""
+    tasks = [t for t in TASKS if t != SSL_TASK]
+    scales = {str(k): v for k, v in dict(spec or {}).items()}
+    unknown = sorted(set(scales) - set(tasks))
+    if unknown:
+        raise ConfigError(f"task_lr_scale names tasks it cannot scale {unknown}; it takes {tasks}")
+    for task, factor in scales.items():
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < float("inf"):
+            raise ConfigError(f"task_lr_scale[{task!r}] must be a positive number, got {factor!r}")
+    return {k: float(v) for k, v in scales.items()}
+
+
+def _scaled_step(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """``optimizer.step()`` with every group's learning rate times ``scale``, restored afterwards."""
+    if scale == 1.0:
+        optimizer.step()
+        return
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr * scale
+    try:
+        optimizer.step()
+    finally:
+        for group, lr in zip(optimizer.param_groups, rates):
+            group["lr"] = lr
+
+
 class MultiTaskTrainer(SupervisedTrainer):
     """Multi-dataset, multi-task trainer driven by a :class:`LockReleaseHandler`.
 
@@ -56,6 +92,7 @@ class MultiTaskTrainer(SupervisedTrainer):
             skipping it (so the weights a final checkpoint saves are the last good ones).
         train_handlers: further ignite handlers (teacher, checkpoints, logging, LR schedule, validation).
         seg_loss, cls_loss: loss modules replacing the head types' own (Dice + BCE, masked BCE).
+        task_lr_scale: ``{task: factor}``, the learning-rate multiplier of that task's updates (default 1).
     """
 
     def __init__(self, device: str | torch.device, max_epochs: int, network: nn.Module,
@@ -63,7 +100,7 @@ class MultiTaskTrainer(SupervisedTrainer):
                  consistency_weight: float = 0.5, det_consistency_gradient: bool = True,
                  clip_grad_norm: float | None = 1.0, amp: bool = False, train_handlers: Sequence | None = None,
                  seg_loss: nn.Module | None = None, cls_loss: nn.Module | None = None, nonfinite: str = "skip",
-                 **kwargs):
+                 task_lr_scale: Mapping[str, float] | None = None, **kwargs):
         super().__init__(device=device, max_epochs=max_epochs, train_data_loader=lock_release.data, network=network,
                          optimizer=optimizer, loss_function=cls_loss,
                          epoch_length=lock_release.cycle_length, train_handlers=train_handlers, amp=False,
@@ -83,6 +120,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         if nonfinite not in ("skip", "stop"):
             raise ConfigError(f"nonfinite must be 'skip' or 'stop', got {nonfinite!r}")
         self.nonfinite = nonfinite
+        self.task_lr_scale = _task_lr_scale(task_lr_scale)
         # counters live in the engine state and its state_dict, so a resumed run keeps counting
         self.state.skipped_steps = self.state.skipped_samples = 0
         self.state_dict_user_keys.extend(["skipped_steps", "skipped_samples"])
@@ -161,7 +199,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         if self.clip_grad_norm:
             params = [p for p in engine.network.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        engine.optimizer.step()
+        _scaled_step(engine.optimizer, self.task_lr_scale.get(step.task, 1.0))
         engine.state.output = {"loss": loss.detach(), "task_loss": task_loss.detach(),
                                "consistency": consistency.detach(), "step": step.key, "phase": step.phase}
         return engine.state.output
