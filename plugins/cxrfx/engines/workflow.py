@@ -125,6 +125,9 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.state.skipped_steps = self.state.skipped_samples = 0
         self.state_dict_user_keys.extend(["skipped_steps", "skipped_samples"])
         self.run_log = logging.getLogger("cxrfx.trainer")  # not self.logger: that is ignite's engine logger
+        if self.task_lr_scale:
+            self.run_log.info("learning rate per task: " + ", ".join(
+                f"{task} x {factor:g}" for task, factor in sorted(self.task_lr_scale.items())))
         self.task_losses = {"cls": cls_loss, "seg": seg_loss}  # None: the head type's own loss
         model = network.module if hasattr(network, "module") else network
         self.model = model
