@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "plugins"))
 
 from common import mean_std, write_between  # noqa: E402
-from quality_det import locked_store, read_store  # noqa: E402
+from quality_det import locked_store, read_store, to_run  # noqa: E402
 
 BEGIN, END = "<!-- demo_tuning.py: begin (generated) -->", "<!-- demo_tuning.py: end -->"
 BUNDLE = ROOT / "bundles" / "foundation_x"
@@ -180,19 +180,15 @@ def main(argv=None) -> None:
         with locked_store(results) as stored:
             if stored.get("meta") and {k: stored["meta"][k] for k in meta} != meta:
                 raise SystemExit(f"{results} holds runs of another setting ({stored['meta']}); use another --results")
-        for seed in a.seeds:
-            for name in a.variants:
-                key = f"{name}/{seed}"
-                if key in read_store(results)["runs"]:
-                    continue
-                print(f"{key} ...", flush=True)
-                r = run_one(name, seed, a.data, a.tuning_data, Path(a.work), settings)
-                with locked_store(results) as stored:
-                    stored["meta"] = {**meta, "eval_images": r["eval_images"]["det/phantom_det"],
-                                      "eval_boxes": r["eval_boxes"]}
-                    stored["runs"][key] = r
-                print(f"{key}: det AP50 {r['det_ap50']:.3f}, lungs {r['lung_left']:.3f} / {r['lung_right']:.3f}, "
-                      f"heart {r['heart']:.3f}, cls {r['cls_auc']}, {r['train_wall_s']:.0f} s", flush=True)
+        for key in to_run(results, [f"{name}/{seed}" for seed in a.seeds for name in a.variants]):
+            name, seed = key.split("/")[0], int(key.split("/")[1])
+            r = run_one(name, seed, a.data, a.tuning_data, Path(a.work), settings)
+            with locked_store(results) as stored:
+                stored["meta"] = {**meta, "eval_images": r["eval_images"]["det/phantom_det"],
+                                  "eval_boxes": r["eval_boxes"]}
+                stored["runs"][key] = r
+            print(f"{key}: det AP50 {r['det_ap50']:.3f}, lungs {r['lung_left']:.3f} / {r['lung_right']:.3f}, "
+                  f"heart {r['heart']:.3f}, cls {r['cls_auc']}, {r['train_wall_s']:.0f} s", flush=True)
     text = report(read_store(results))
     write_between(a.doc, text, BEGIN, END, "# Demo learning rates per task (`bench/demo_tuning.py`)")
     print(text)

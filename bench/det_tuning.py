@@ -128,19 +128,14 @@ def main(argv=None) -> None:
             if stored.get("meta") and stored["meta"] != meta:
                 raise SystemExit(f"{results} holds runs of another setting ({stored['meta']}); use another --results")
             stored["meta"] = meta
-        for seed in a.seeds:
-            for name in a.variants:
-                key = f"{name}/{seed}"
-                if key in qd.read_store(results)["runs"]:
-                    continue
-                print(f"{key} ...", flush=True)
-                r = qd.train("cxrfx", train_list, a.size, a.batch, seed, a.iterations, None,
-                             overrides=VARIANTS[name])
-                r.update(variant=name, seed=seed)
-                with qd.locked_store(results) as stored:
-                    stored["runs"][key] = r
-                print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
-                      f"loss {r['final_loss']:.3f}, {r['train_wall_s']:.0f} s", flush=True)
+        for key in qd.to_run(results, [f"{name}/{seed}" for seed in a.seeds for name in a.variants]):
+            name, seed = key.split("/")[0], int(key.split("/")[1])
+            r = qd.train("cxrfx", train_list, a.size, a.batch, seed, a.iterations, None, overrides=VARIANTS[name])
+            r.update(variant=name, seed=seed)
+            with qd.locked_store(results) as stored:
+                stored["runs"][key] = r
+            print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
+                  f"loss {r['final_loss']:.3f}, {r['train_wall_s']:.0f} s", flush=True)
     text = report(qd.read_store(results))
     write_between(a.doc, text, BEGIN, END, "# Detection recipe for short budgets (`bench/det_tuning.py`)")
     print(text)

@@ -56,6 +56,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -540,6 +541,15 @@ def locked_store(path: Path):
         tmp.replace(path)
 
 
+def to_run(results: Path, keys) -> Iterator[str]:
+    """The ``keys`` not yet in the results file's runs, each announced as it starts (checked just before it runs,
+    so processes sharing the file skip what another one finished meanwhile)."""
+    for key in keys:
+        if key not in read_store(results)["runs"]:
+            print(f"{key} ...", flush=True)
+            yield key
+
+
 SAME_SETTING = ("phantom_seed", "count", "size", "generator_version", "train_images", "threads")
 
 
@@ -646,24 +656,20 @@ def main(argv=None) -> None:
     else:
         for kind in a.budgets:
             budget = budget_label(kind, a.iterations if kind == "iterations" else a.budget_minutes)
-            for seed in a.seeds:
-                for arm in a.arms:
-                    key = f"{arm}/{budget}/{seed}"
-                    if key in read_store(results_path)["runs"]:
-                        continue
-                    print(f"{key} ...", flush=True)
-                    r = train(arm, train_list, a.size, a.batch, seed,
-                              a.iterations if kind == "iterations" else None,
-                              a.budget_minutes * 60 if kind == "time" else None,
-                              save_to=models / f"{key.replace('/', '_')}.pt", ema=tuple(a.ema))
-                    r.update(arm=arm, budget=budget, seed=seed, **({"recipe": recipe} if arm == "cxrfx" else {}))
-                    with locked_store(results_path) as stored:
-                        stored["runs"][key] = r
-                        stored.get("excluded", {}).pop(key, None)
-                    print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
-                          f"{r['iterations']} it, {r['train_wall_s']:.0f} s" +
-                          "".join(f"; EMA {m}: AP50 {e['ap50']:.3f}" for m, e in r.get("ema", {}).items()),
-                          flush=True)
+            for key in to_run(results_path, [f"{arm}/{budget}/{seed}" for seed in a.seeds for arm in a.arms]):
+                arm, seed = key.split("/")[0], int(key.split("/")[-1])
+                r = train(arm, train_list, a.size, a.batch, seed,
+                          a.iterations if kind == "iterations" else None,
+                          a.budget_minutes * 60 if kind == "time" else None,
+                          save_to=models / f"{key.replace('/', '_')}.pt", ema=tuple(a.ema))
+                r.update(arm=arm, budget=budget, seed=seed, **({"recipe": recipe} if arm == "cxrfx" else {}))
+                with locked_store(results_path) as stored:
+                    stored["runs"][key] = r
+                    stored.get("excluded", {}).pop(key, None)
+                print(f"{key}: AP50 {r['ap50']:.3f}, CNR>=1 {r['ap50_visible']:.3f}, CPM {r['cpm']:.3f}, "
+                      f"{r['iterations']} it, {r['train_wall_s']:.0f} s" +
+                      "".join(f"; EMA {m}: AP50 {e['ap50']:.3f}" for m, e in r.get("ema", {}).items()),
+                      flush=True)
     publish(read_store(results_path), meta, Path(a.doc), Path(a.readme))
 
 
