@@ -54,6 +54,8 @@ VARIANTS = {
     "det_tenth": _recipe(1e-3, 2e-3, det=0.1),
     "det_twentieth": _recipe(1e-3, 2e-3, det=0.05),
     "det_cls_tenth": _recipe(1e-3, 2e-3, det=0.1, cls=0.1),
+    "det_fiftieth": _recipe(1e-3, 2e-3, det=0.02),
+    "det_twentieth_cls_tenth": _recipe(1e-3, 2e-3, det=0.05, cls=0.1),
 }
 
 
