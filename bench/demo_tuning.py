@@ -48,6 +48,16 @@ def _recipe(backbone_lr: float, head_lr: float, **scales: float) -> dict:
     return {"backbone_lr": backbone_lr, "head_lr": head_lr, "task_lr_scale": dict(scales)}
 
 
+def _longer_detection(recipe: dict, release_epochs: float) -> dict:
+    """``recipe`` with demo.json's cycle, its localization release step ``release_epochs`` epochs long."""
+    import json
+
+    schedule = json.loads((BUNDLE / "configs" / "demo.json").read_text())["schedule"]
+    schedule = [{**step, "epoch_fraction": release_epochs} if (step["task"], step["phase"]) == ("det", "release")
+                else step for step in schedule]
+    return {**recipe, "schedule": schedule}
+
+
 VARIANTS = {
     "shared_high": _recipe(1e-3, 2e-3),  # demo.json before this study
     "shared_low": _recipe(1e-4, 3e-4),  # the 2026-12-05 probe's lower rates, every task
@@ -56,6 +66,10 @@ VARIANTS = {
     "det_cls_tenth": _recipe(1e-3, 2e-3, det=0.1, cls=0.1),
     "det_fiftieth": _recipe(1e-3, 2e-3, det=0.02),
     "det_twentieth_cls_tenth": _recipe(1e-3, 2e-3, det=0.05, cls=0.1),
+    # the same rates, localization release two epochs per cycle instead of one (~260 more iterations in all)
+    "det_twentieth_cls_tenth_det2": _longer_detection(_recipe(1e-3, 2e-3, det=0.05, cls=0.1), 2.0),
+    "det_tenth_cls_tenth_det2": _longer_detection(_recipe(1e-3, 2e-3, det=0.1, cls=0.1), 2.0),
+    "det_tenth_cls_tenth_det3": _longer_detection(_recipe(1e-3, 2e-3, det=0.1, cls=0.1), 3.0),
 }
 
 
@@ -140,6 +154,10 @@ def report(stored: dict) -> str:
         if not rs:
             continue
         scales = ", ".join(f"{k} × {v:g}" for k, v in recipe["task_lr_scale"].items()) or "—"
+        if "schedule" in recipe:
+            release = next(step["epoch_fraction"] for step in recipe["schedule"]
+                           if (step["task"], step["phase"]) == ("det", "release"))
+            scales += f"; det release {release:g} epochs per cycle"
         lines.append(
             f"| {name} | {recipe['backbone_lr']:g} / {recipe['head_lr']:g} | {scales} | {len(rs)} | "
             f"{mean_std([r['det_ap50'] for r in rs])} | {mean_std([r['lung_left'] for r in rs])} / "
