@@ -25,7 +25,7 @@ from cxrfx.engines.checkpointing import RNGStates
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "foundation_x"
 # 20 phantom images per dataset: 3 validation images each, so both ranks have a validation shard (2 + 1); 3 passes
-# of 24 iterations, a checkpoint every 4, validation after the last pass
+# of the demo cycle (its length follows demo.json's schedule), a checkpoint every 4, validation after the last pass
 TINY = {"epochs": 3, "phantom_count": 20, "phantom_size": 64, "image_size": 64, "batch_size": 2,
         "checkpoint_interval": 4, "val_interval": 3}
 # what each rank saw, written after training (test-only: the bundle itself has nothing rank-specific to print)
@@ -170,9 +170,12 @@ def test_two_processes_one_writer_sharded_validation_equal_metrics(uninterrupted
     first, second = _reports(root)
     # one writer: only rank 0 has a checkpoint saver, and every event file is rank 0's
     assert first["has_saver"] and not second["has_saver"]
-    assert sorted(p.name for p in (root / "models").iterdir()) == [
-        "checkpoint_iteration=64.pt", "checkpoint_iteration=68.pt", "checkpoint_iteration=72.pt", "last.pt",
-        "model.pt"]
+    # the demo cycle's length decides the total: the last three multiples of the interval are kept
+    total = TINY["epochs"] * torch.load(root / "models" / "last.pt", map_location="cpu",
+                                        weights_only=True)["trainer"]["epoch_length"]
+    last = total - total % TINY["checkpoint_interval"]
+    kept = [f"checkpoint_iteration={last - k * TINY['checkpoint_interval']}.pt" for k in (2, 1, 0)]
+    assert sorted(p.name for p in (root / "models").iterdir()) == sorted([*kept, "last.pt", "model.pt"])
     events = list((root / "eval").glob("events.out.tfevents.*"))
     assert events and {p.name.split(".")[-2] for p in events} == {str(first["pid"])}
     # one log: rank 0 logs training and validation, rank 1 only warnings once the process group is up
