@@ -21,6 +21,7 @@ core); ``--report-only`` writes the table into docs/results.md between this scri
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -50,8 +51,6 @@ def _recipe(backbone_lr: float, head_lr: float, **scales: float) -> dict:
 
 def _longer_detection(recipe: dict, release_epochs: float) -> dict:
     """``recipe`` with demo.json's cycle, its localization release step ``release_epochs`` epochs long."""
-    import json
-
     schedule = json.loads((BUNDLE / "configs" / "demo.json").read_text())["schedule"]
     schedule = [{**step, "epoch_fraction": release_epochs} if (step["task"], step["phase"]) == ("det", "release")
                 else step for step in schedule]
@@ -105,7 +104,7 @@ def summarise(scores: dict) -> dict:
 
 
 def run_one(name: str, seed: int, phantom: str, tuning: str, work: Path, settings: dict) -> dict:
-    from cxrfx.demo import _bundle_run
+    from cxrfx.demo import _bundle_run, _children_cpu
     from cxrfx.demo_report import bundle_parser, score_tables
 
     out = work / f"{name}_{seed}"
@@ -128,13 +127,6 @@ def run_one(name: str, seed: int, phantom: str, tuning: str, work: Path, setting
             "train_cpu_s": round(train_cpu, 1),
             "eval_images": {k: len(v["ids"]) for k, v in preds.items()},
             "eval_boxes": int(sum(len(t["boxes"]) for t in preds["det/phantom_det"]["truth"]))}
-
-
-def _children_cpu() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def report(stored: dict) -> str:
