@@ -35,7 +35,8 @@ setup(
         "itk": ["itk>=5.3"],
         # ONNX export (torch.export based) and ONNX Runtime for its numerical check.
         "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
-        "test": ["pytest>=8", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "scikit-learn", "pycocotools",
+        "test": ["pytest>=8", "pytest-timeout",  # a hung test fails (pytest.ini) instead of stalling CI
+                 "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "scikit-learn", "pycocotools",
                  # the Model Zoo's code-format tools (the packager formats the vendored code with black / isort),
                  # its pre-commit hooks and its unit tests' parameterized (make zoo-check, tests/test_zoo_*.py)
                  "black", "isort", "flake8", "flake8-bugbear", "flake8-comprehensions", "flake8-executable",

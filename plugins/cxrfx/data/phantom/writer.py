@@ -11,13 +11,13 @@ from its own generator seeded by (seed, dataset, index), so output is determinis
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,8 @@ __all__ = ["PHANTOM_DATASETS", "generate_phantom", "read_manifest", "MANIFEST", 
 
 PHANTOM_DATASETS = ("phantom_cls", "phantom_det", "phantom_seg")
 MANIFEST = "phantom.json"
-# bump when the rendering changes, so cached phantoms are rebuilt (3: synthetic patients, SCR masks; 4: denser lesions, CNR)
+# bump when the rendering changes, so cached phantoms are rebuilt
+# (3: synthetic patients, SCR masks; 4: denser lesions, CNR)
 _GENERATOR_VERSION = 4
 
 
@@ -163,17 +164,20 @@ def generate_phantom(out_dir: str, count: int = 64, size: int = 256, seed: int =
                                "pixel_mm": renderer.pixel_mm, "setup_seconds": round(setup_s, 2), "datasets": {}}
     n_workers = _worker_count(workers, count * len(datasets))
     _RENDERER = renderer
-    # Pool's context manager terminates its workers on leaving, so an error in one image stops the build at once
-    pool_context = multiprocessing.get_context("fork").Pool(n_workers) if n_workers > 1 else contextlib.nullcontext()
+    # forked workers inherit the renderer. An executor, not multiprocessing.Pool: Pool.terminate() after a worker's
+    # error could deadlock on the task queue's lock (seen once in the test suite); on an error the executor cancels
+    # the images not yet started and waits for the few in flight, so the error reaches the caller promptly.
+    pool = ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) if n_workers > 1 else None
     try:
-        with pool_context as pool:
-            for d_index, name in enumerate(PHANTOM_DATASETS):
-                if name in datasets:
-                    summary["datasets"][name] = _write_dataset(out_dir, name, d_index, count, size, seed,
-                                                               annotation, patients, pool)
-                    if verbose:
-                        print(f"phantom: {name}: {count} images in {summary['datasets'][name]['seconds']:.1f} s")
+        for d_index, name in enumerate(PHANTOM_DATASETS):
+            if name in datasets:
+                summary["datasets"][name] = _write_dataset(out_dir, name, d_index, count, size, seed,
+                                                           annotation, patients, pool)
+                if verbose:
+                    print(f"phantom: {name}: {count} images in {summary['datasets'][name]['seconds']:.1f} s")
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         _RENDERER = None
     summary["workers"] = n_workers
     summary["seconds"] = round(time.perf_counter() - start, 2)
@@ -202,7 +206,7 @@ def _write_dataset(out_dir: str, name: str, d_index: int, count: int, size: int,
         "training": [], "validation": [], "test": [],
     }
     jobs = [(name, d_index, i, split, root, seed) for i, split in enumerate(_splits(count))]
-    for split, item in (pool.imap(_render_item, jobs, chunksize=2) if pool is not None else map(_render_item, jobs)):
+    for split, item in (pool.map(_render_item, jobs, chunksize=2) if pool is not None else map(_render_item, jobs)):
         datalist[split].append(item)
     write_datalist(datalist, os.path.join(root, "datalist.json"))
     items = datalist["training"] + datalist["validation"] + datalist["test"]
