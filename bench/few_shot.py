@@ -150,12 +150,12 @@ def read_metrics(path: Path) -> dict[str, float]:
     return metrics
 
 
-def validation_curve(log_text: str, interval: int) -> dict[int, float]:
-    """{iteration: validation dice_fx} from a training log: one "Metrics -- ... val_dice_fx: x" line per
+def validation_curve(log_text: str, interval: int, metric: str = "dice_fx") -> dict[int, float]:
+    """{iteration: validation score} from a training log: one "Metrics -- ... val_<metric>: x" line per
     validation, every ``interval`` iterations (the bundle's ``val_interval``)."""
     import re
 
-    values = [float(v) for v in re.findall(r"Metrics --.*?val_dice_fx: (-?[0-9.]+)", log_text)]
+    values = [float(v) for v in re.findall(rf"Metrics --.*?val_{metric}: (-?[0-9.]+)", log_text)]
     return {interval * (k + 1): v for k, v in enumerate(values)}
 
 
@@ -183,20 +183,29 @@ def _device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
-def build_data(out: Path, args) -> dict:
-    """Both populations, and the pretraining segmentation datalist without the downstream organs."""
+def pretraining_population(out: Path, args) -> dict[str, str]:
+    """The pretraining population's datalists (built if needed), segmentation without the downstream organs."""
     from cxrfx.data.few_shot import few_shot_datalist
     from cxrfx.data.phantom import generate_phantom
 
-    pre, down = out / "data" / "pretrain", out / "data" / "downstream"
+    pre = out / "data" / "pretrain"
     generate_phantom(str(pre), count=args.pretrain_count, size=args.phantom_size, seed=args.pretrain_seed,
                      verbose=False)
-    generate_phantom(str(down), count=args.downstream_count, size=args.phantom_size, seed=args.downstream_seed,
-                     verbose=False, datasets=("phantom_seg",))
     seg = few_shot_datalist(pre / "phantom_seg" / "datalist.json", pre / "phantom_seg_pretrain.json",
                             seg_classes=PRETRAIN_SEG_CLASSES, name="phantom_seg")
-    lists = {"phantom_cls": str(pre / "phantom_cls" / "datalist.json"),
-             "phantom_det": str(pre / "phantom_det" / "datalist.json"), "phantom_seg": seg}
+    return {"phantom_cls": str(pre / "phantom_cls" / "datalist.json"),
+            "phantom_det": str(pre / "phantom_det" / "datalist.json"), "phantom_seg": seg}
+
+
+def build_data(out: Path, args) -> dict:
+    """Both populations, and the pretraining segmentation datalist without the downstream organs."""
+    from cxrfx.data.phantom import generate_phantom
+
+    down = out / "data" / "downstream"
+    lists = pretraining_population(out, args)
+    generate_phantom(str(down), count=args.downstream_count, size=args.phantom_size, seed=args.downstream_seed,
+                     verbose=False, datasets=("phantom_seg",))
+    pre = out / "data" / "pretrain"
     images = [lists["phantom_cls"], lists["phantom_det"], str(pre / "phantom_seg" / "datalist.json")]
     return {"pretrain": lists, "unlabelled": unlabelled_datalist(images, pre / "unlabelled.json"),
             "seg": str(down / "phantom_seg" / "datalist.json")}

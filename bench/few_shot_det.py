@@ -1,0 +1,252 @@
+"""Few-shot detection on the phantom population: the transfer claim's detection stage (``bench/few_shot.py``'s
+protocol, with ``bundles/finetune_det``).
+
+1. Data. The pretraining population of ``bench/few_shot.py`` (same settings, so the same patients and the same
+   pretraining recipe), and a downstream ``phantom_det`` population of other patients (``--downstream_seed``):
+   nodules and masses with boxes.
+2. Pretraining, as ``bench/few_shot.py``: (b) classification only (Ark's recipe), (c) Foundation X (Lock-Release
+   cycle over labels, boxes and masks, EMA teacher), (d) (c) without lock phases, (e) (c) without the teacher,
+   every arm the same number of iterations. The pretraining population's ``phantom_det`` boxes are the same two
+   classes as downstream (the paper's localization datasets share classes with its downstream ones too), so (c)-(e)
+   start with a trained localization branch and head, (b) with a backbone only.
+3. Fine-tuning ``bundles/finetune_det`` at the detection issue's rates (its demo recipe: 2.5e-4 heads, 7.5e-5
+   backbone, AdamW) on N training images with lesions, chosen by seed (``few_shot``; one seed's sets are
+   nested), (a) from scratch and from (b)-(e), the same iterations, batch and anchors in every arm. Anchors: fitted
+   once to the pretraining population's boxes (a few-shot set of two images has too few boxes to fit them, and a
+   pretrained head's regression is learnt against the pretraining's anchors), the head named ``phantom_det`` so a
+   pretrained head loads. Score: test-split AP50 (nodules and masses, IoU 0.5, the bundles' ``ap50``) of the final
+   model, and ``map40_fx`` (the paper's mAP over IoU 0.4-0.75).
+4. Statistics, declared before the runs: per shot count, differences paired by seed (same images, same training
+   randomness), the exact two-sided Wilcoxon signed-rank test and how many pairs favour each arm; 8 seeds.
+
+    python bench/few_shot_det.py --jobs 2 --budget_s 3600 --results docs/results.md
+
+Every run is stored in ``--store`` (``bench/results/few_shot_det.json``) as it completes; a cut run resumes, and a
+pretraining whose checkpoint is gone is run again with the same seed. ``--report_only`` rewrites the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from few_shot import (COMMON, ARMS, _device_name, _timed, backbone_settings, bundle_run, command, execute,  # noqa: E402
+                      job_order, paired, pretrain, pretrain_specs, pretraining_population, read_metrics, table,
+                      validation_curve)
+
+ROOT = Path(__file__).resolve().parents[1]
+DET_ARMS = ("scratch", "single_task", "foundation_x", "fx_no_lock", "fx_no_teacher")
+COMPARISONS = (("foundation_x", "scratch"), ("foundation_x", "single_task"), ("foundation_x", "fx_no_lock"),
+               ("foundation_x", "fx_no_teacher"), ("single_task", "scratch"))
+HEAD = "phantom_det"  # the pretraining's detection head name: a fine-tuning head of that name loads its weights
+STRIDES = (4, 8, 16, 32)
+BEGIN, END = "<!-- few_shot_det.py: begin (generated) -->", "<!-- few_shot_det.py: end -->"
+
+
+def build_data(out: Path, args) -> dict:
+    """The pretraining population (as ``bench/few_shot.py``) and the downstream detection population."""
+    from cxrfx.data.phantom import generate_phantom
+
+    down = out / "data" / "downstream"
+    generate_phantom(str(down), count=args.downstream_count, size=args.phantom_size, seed=args.downstream_seed,
+                     verbose=False, datasets=("phantom_det",))
+    return {"pretrain": pretraining_population(out, args), "unlabelled": None,
+            "det": str(down / "phantom_det" / "datalist.json")}
+
+
+def pretraining_anchors(data: dict, size: int) -> list:
+    """Anchor shapes fitted to the pretraining population's training boxes: what every arm fine-tunes with."""
+    from cxrfx.data.boxes import anchor_shapes_for
+
+    shapes = anchor_shapes_for(data["pretrain"]["phantom_det"], size, STRIDES, 3)
+    if shapes is None:
+        raise SystemExit("the pretraining population has too few boxes to fit anchors; raise --pretrain_count")
+    return shapes
+
+
+def finetune_overrides(job: dict) -> dict:
+    """``finetune_det``'s overrides for one (arm, shots, seed): the start point, the few-shot set, the shared
+    anchors and head name."""
+    start_point = {"finetune": False} if job["pretrained"] is None else {
+        "finetune": True, "finetune_model_path": job["pretrained"]["checkpoint"],
+        "finetune_key": job["pretrained"]["key"]}
+    return {**COMMON, **job["settings"], **start_point, "few_shot": job["shots"], "few_shot_seed": job["seed"],
+            "seed": job["seed"], "source_datalist": job["datalist"], "validate_data": False, "dataset_name": HEAD}
+
+
+def det_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """The student's test ``ap50`` and ``map40_fx`` from an evaluation's metrics (NaN when missing)."""
+    return {name: metrics.get(f"student/det/{HEAD}/{name}", float("nan")) for name in ("ap50", "map40_fx")}
+
+
+def finetune(job: dict) -> dict:
+    """Train then evaluate one (arm, shots, seed) through finetune_det; test-split AP50 and the cost."""
+    root, log = Path(job["root"]), Path(job["root"]) / "run.log"
+    start, cpu = time.perf_counter(), time.process_time()
+    overrides = finetune_overrides(job)
+    logged = log.stat().st_size if log.exists() else 0
+    train = bundle_run("finetune_det", ["train.json", "demo.json"], root, log, **overrides)
+    train_cpu, train_s = time.process_time() - cpu, time.perf_counter() - start
+    with open(log, "rb") as f:  # this training's part of the log (a rerun appends)
+        f.seek(logged)
+        text = f.read().decode(errors="replace")
+    evaluate = bundle_run("finetune_det", ["train.json", "demo.json", "evaluate.json"], root, log, **overrides)
+    scores = det_scores(read_metrics(root / "eval" / "metrics.csv"))
+    return {**{k: job[k] for k in ("arm", "shots", "seed")}, **scores,
+            "val_curve": validation_curve(text, job["settings"]["val_interval"], "ap50"),
+            "loaded": "start point: scratch" not in text, "train_cpu_s": round(train_cpu, 1),
+            "train_s": round(train_s, 1), "device": _device_name(), "seconds": round(time.perf_counter() - start, 1),
+            "calls": [train, evaluate]}
+
+
+def write_report(path: Path, summary: dict, tables: dict) -> None:
+    """The generated section (command, budget, tables) between this script's markers in ``path``."""
+    from common import write_section
+
+    s, pre = summary["settings"], summary["pretraining"]
+
+    def rel(text: str) -> str:
+        return text.replace(str(ROOT) + os.sep, "").replace(str(Path.home()), "~")
+
+    lines = ["Reproduce (resumes where it stopped; `--report_only` rewrites this section):", "", "```bash",
+             rel(summary["command"]), "```", "",
+             f"Spent so far: {summary['cpu_seconds'] / 3600:.2f} CPU-hours (data, pretraining, fine-tuning). "
+             f"Populations: pretraining seed {s['pretrain_seed']} ({s['pretrain_count']} images per dataset), "
+             f"downstream `phantom_det` seed {s['downstream_seed']} ({s['downstream_count']} images; test split "
+             f"{summary.get('test_images', '?')} images, {summary.get('test_boxes', '?')} lesions), rendered at "
+             f"{s['phantom_size']} px. Pretraining and fine-tuning at {s['size']} px, demo backbone; fine-tuning "
+             f"mode `{s['mode']}`, {s['iterations']} iterations of batch {COMMON['batch_size']} in every arm, "
+             "anchors fitted to the pretraining boxes.", "", "Pretraining (the same iterations in every arm):", ""]
+    for arm in DET_ARMS:
+        if arm in pre:
+            val = pre[arm].get("validation", {})
+            learnt = ", ".join(f"{k} {v:.3f}" for k, v in sorted(val.items()) if k.startswith("det/"))
+            lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations, {pre[arm]['cpu_seconds'] / 60:.1f} "
+                         f"CPU-min, fine-tuned from its {pre[arm]['key']}"
+                         + (f"; its own validation at the end: {learnt}" if learnt else ""))
+    lines += ["", "Test AP50 (nodules and masses), mean ± sample standard deviation over seeds (seeds in brackets):",
+              "", tables["ap50"], "", "Test `map40_fx`, same runs:", "", tables["map40_fx"], "",
+              "AP50 paired over seeds (declared before the runs; exact two-sided Wilcoxon signed-rank test):", "",
+              tables["paired"], ""]
+    example = next((r for r in summary["runs"].values() if r["arm"] == "foundation_x" and "calls" in r), None)
+    if example and "foundation_x" in pre:
+        lines += ["One fine-tuning run of (c) and its pretraining, as shell commands (the script runs the same "
+                  "bundles in-process):", "", "```bash", *(rel(command(c)) for c in example["calls"]),
+                  rel(command(pre["foundation_x"]["call"])), "```"]
+    write_section(path, "few_shot_det.py", "\n".join(lines))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="runs/few_shot_det")
+    parser.add_argument("--results", default=None, help="markdown file to write the tables into")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--arms", nargs="+", default=list(DET_ARMS), choices=list(DET_ARMS))
+    parser.add_argument("--iterations", type=int, default=300, help="fine-tuning iterations (batch 4)")
+    parser.add_argument("--size", type=int, default=224, help="pretraining and fine-tuning input size")
+    parser.add_argument("--pretrain_cycles", type=int, default=8)
+    parser.add_argument("--phantom_size", type=int, default=256)
+    parser.add_argument("--pretrain_count", type=int, default=96, help="images per pretraining dataset")
+    parser.add_argument("--downstream_count", type=int, default=200, help="downstream phantom_det images")
+    parser.add_argument("--pretrain_seed", type=int, default=100)
+    parser.add_argument("--downstream_seed", type=int, default=200)
+    parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot_det.json"))
+    parser.add_argument("--report_only", action="store_true", help="rewrite --results from --store")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    parser.add_argument("--budget_s", type=float, default=None,
+                        help="start no run after this many wall seconds (finished runs are kept; run again to go on)")
+    args = parser.parse_args(argv)
+    out, store = Path(args.out).resolve(), Path(args.store).resolve()
+    summary = json.loads(store.read_text()) if store.exists() else {"pretraining": {}, "runs": {}, "cpu_seconds": 0.0}
+    failed: list[str] = []
+    if not args.report_only:
+        failed = run(args, argv, out, store, summary)
+    runs = list(summary["runs"].values())
+    tables = {"ap50": table(runs, "ap50"), "map40_fx": table(runs, "map40_fx"),
+              "paired": paired(runs, "ap50", COMPARISONS)}
+    print(tables["ap50"], tables["paired"], f"CPU {summary['cpu_seconds'] / 3600:.2f} h", sep="\n\n")
+    if args.results:
+        write_report(Path(args.results), summary, tables)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)} (their logs are under {out})")
+
+
+def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
+    """Data, the pretrainings the runs need, then the fine-tunings, ``--jobs`` at a time; returns the failed keys."""
+    import torch
+
+    from cxrfx.data.datalist import read_datalist
+
+    torch.set_num_threads(args.threads)
+    per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s")
+    settings = {k: v for k, v in vars(args).items() if k not in per_run}
+    if summary.get("settings") not in (None, settings):
+        raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --store")
+    summary["settings"] = settings
+    summary["command"] = " ".join(["python bench/few_shot_det.py", *(argv if argv is not None else sys.argv[1:])])
+    out.mkdir(parents=True, exist_ok=True)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    order = job_order(args.seeds, args.shots, list(args.arms))
+    pending = {arm for arm, shots, seed in order if f"{arm}/{shots}/{seed}" not in summary["runs"]}
+    for arm, done in list(summary["pretraining"].items()):
+        if arm in pending and not Path(done["checkpoint"]).exists():
+            print(f"pretrained {arm}: {done['checkpoint']} is gone; pretraining again (same seed)", flush=True)
+            del summary["pretraining"][arm]
+    session = {"device": _device_name(), "workers": args.jobs, "wall_s": 0.0}
+    summary.setdefault("sessions", []).append(session)
+    began = time.monotonic()
+
+    def save(cpu: float) -> None:
+        summary["cpu_seconds"] = round(summary["cpu_seconds"] + cpu, 1)
+        session["wall_s"] = round(time.monotonic() - began, 1)
+        store.write_text(json.dumps(summary, indent=1))
+
+    data, t = _timed(build_data, out, args)
+    test = read_datalist(data["det"])["test"]
+    summary["test_images"], summary["test_boxes"] = len(test), sum(len(it.get("boxes", [])) for it in test)
+    save(t)
+    specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
+    finetune_settings = {"iterations": args.iterations, "val_interval": args.iterations, "mode": args.mode,
+                         "det_anchors": pretraining_anchors(data, args.size), **backbone_settings(args.size)}
+    tasks, queued = [], set()
+    for arm, shots, seed in order:
+        if f"{arm}/{shots}/{seed}" in summary["runs"]:
+            continue
+        if arm != "scratch" and arm not in summary["pretraining"] and arm not in queued:
+            queued.add(arm)  # each pretraining just before its first fine-tuning
+            tasks.append({"key": f"pretrain/{arm}", "fn": pretrain, "job": specs[arm], "after": None})
+        job = {"arm": arm, "shots": shots, "seed": seed, "datalist": data["det"], "settings": finetune_settings,
+               "pretrained": None, "root": str(out / "finetune" / f"{arm}_n{shots}_s{seed}")}
+        tasks.append({"key": f"{arm}/{shots}/{seed}", "fn": finetune, "job": job,
+                      "after": None if arm == "scratch" else f"pretrain/{arm}"})
+
+    def prepare(task: dict) -> dict:  # a fine-tuning run learns where its pretraining is when it starts
+        if task["key"].startswith("pretrain/"):
+            return task["job"]
+        return {**task["job"], "pretrained": summary["pretraining"].get(task["job"]["arm"])}
+
+    def done(task: dict, result: dict, cpu: float) -> None:
+        if task["key"].startswith("pretrain/"):
+            summary["pretraining"][result["arm"]] = result
+            print(f"pretrained {result['arm']}: {result['iterations']} iterations, {result['cpu_seconds']} CPU s, "
+                  f"validation {result['validation']}", flush=True)
+        else:
+            summary["runs"][task["key"]] = result
+            print(f"{task['key']}: ap50 {result['ap50']:.3f} ({result['train_cpu_s']} CPU s)", flush=True)
+        save(cpu)
+
+    deadline = None if args.budget_s is None else began + args.budget_s
+    return execute(tasks, args.jobs, args.threads, deadline, prepare, done,
+                   finished={f"pretrain/{a}" for a in summary["pretraining"]})
+
+
+if __name__ == "__main__":
+    main()
