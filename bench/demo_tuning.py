@@ -38,7 +38,19 @@ sys.path.insert(0, str(ROOT / "plugins"))
 from common import mean_std, write_between  # noqa: E402
 from quality_det import locked_store, read_store, to_run  # noqa: E402
 
-BEGIN, END = "<!-- demo_tuning.py: begin (generated) -->", "<!-- demo_tuning.py: end -->"
+DEFAULT_RESULTS = HERE / "results" / "demo_tuning.json"
+
+
+def markers(results: Path) -> tuple[str, str, str]:
+    """The doc section of a results file: begin and end markers and the heading made with a new section. The
+    default file's section is the learning-rate study; another file (another phantom size or cycle count) has
+    its own section, named after the file."""
+    name = "demo_tuning.py" if Path(results).name == DEFAULT_RESULTS.name else f"demo_tuning.py ({Path(results).stem})"
+    heading = ("# Demo learning rates per task (`bench/demo_tuning.py`)" if name == "demo_tuning.py"
+               else f"# Demo settings: `{Path(results).stem}` (`bench/demo_tuning.py`)")
+    return f"<!-- {name}: begin (generated) -->", f"<!-- {name}: end -->", heading
+
+
 BUNDLE = ROOT / "bundles" / "foundation_x"
 SPLITS = ("training", "validation", "test")
 
@@ -129,15 +141,21 @@ def run_one(name: str, seed: int, phantom: str, tuning: str, work: Path, setting
             "eval_boxes": int(sum(len(t["boxes"]) for t in preds["det/phantom_det"]["truth"]))}
 
 
-def report(stored: dict) -> str:
+def report(stored: dict, results: Path = DEFAULT_RESULTS) -> str:
     meta, runs = stored["meta"], stored["runs"]
+    begin, end, _ = markers(results)
     cycles = f", {meta['epochs']} cycles" if meta.get("epochs") else ""
-    lines = [BEGIN, "", f"The demo's pretraining (`bundles/foundation_x`, `train.json` + `demo.json`, its phantom: "
+    setting = f" --count {meta['count']}" + (f" --epochs {meta['epochs']}" if meta.get("epochs") else "")
+    if Path(results).name != DEFAULT_RESULTS.name:
+        setting += f" --results bench/results/{Path(results).name}"
+    variants = sorted({r["variant"] for r in runs.values()}, key=list(VARIANTS).index)
+    lines = [begin, "", f"The demo's pretraining (`bundles/foundation_x`, `train.json` + `demo.json`, its phantom: "
              f"{meta['count']} images per dataset at {meta['size']} px, seed 0, as `make demo` builds it) with each "
              f"recipe{cycles}; the teacher after the last cycle scored on a tuning phantom of other patients (seed "
              f"{meta['tuning_seed']}, every split: {meta['eval_images']} images per dataset, {meta['eval_boxes']} "
              "boxes), not on the demo's test split. mean ± std over training seeds.", "",
-             "Reproduce (resumes): `python bench/demo_tuning.py --variants " + " ".join(VARIANTS) + " --seeds 0 1`",
+             f"Reproduce (resumes): `python bench/demo_tuning.py{setting} --variants " + " ".join(variants)
+             + " --seeds 0 1`",
              "", "| variant | backbone / head rate | per-task scale | n | det AP50 | lungs L / R Dice | heart Dice "
              "| clavicles Dice | cls AUC (mean of labels) | AP50 per seed | train wall s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -158,7 +176,7 @@ def report(stored: dict) -> str:
             f"{mean_std([float(np.mean(list(r['cls_auc'].values()))) for r in rs])} | "
             + " / ".join(f"{r['det_ap50']:.3f}" for r in rs)
             + f" | {np.mean([r['train_wall_s'] for r in rs]):.0f} |")
-    return "\n".join(lines + ["", END])
+    return "\n".join(lines + ["", end])
 
 
 def main(argv=None) -> None:
@@ -173,7 +191,8 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, help="Lock-Release cycles (default: demo.json's)")
     ap.add_argument("--variants", nargs="+", default=["det_tenth"], choices=list(VARIANTS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--results", default=str(HERE / "results" / "demo_tuning.json"))
+    ap.add_argument("--results", default=str(DEFAULT_RESULTS),
+                    help="runs of one setting (count, size, cycles); a file of another name has its own doc section")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args(argv)
@@ -201,8 +220,8 @@ def main(argv=None) -> None:
                 stored["runs"][key] = r
             print(f"{key}: det AP50 {r['det_ap50']:.3f}, lungs {r['lung_left']:.3f} / {r['lung_right']:.3f}, "
                   f"heart {r['heart']:.3f}, cls {r['cls_auc']}, {r['train_wall_s']:.0f} s", flush=True)
-    text = report(read_store(results))
-    write_between(a.doc, text, BEGIN, END, "# Demo learning rates per task (`bench/demo_tuning.py`)")
+    text = report(read_store(results), results)
+    write_between(a.doc, text, *markers(results))
     print(text)
 
 

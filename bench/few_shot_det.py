@@ -97,11 +97,32 @@ def finetune(job: dict) -> dict:
         text = f.read().decode(errors="replace")
     evaluate = bundle_run("finetune_det", ["train.json", "demo.json", "evaluate.json"], root, log, **overrides)
     scores = det_scores(read_metrics(root / "eval" / "metrics.csv"))
+    interval = job["settings"]["val_interval"]
     return {**{k: job[k] for k in ("arm", "shots", "seed")}, **scores,
-            "val_curve": validation_curve(text, job["settings"]["val_interval"], "ap50"),
+            "val_curve": {str(k): v for k, v in validation_curve(text, interval, "ap50").items()},
             "loaded": "start point: scratch" not in text, "train_cpu_s": round(train_cpu, 1),
             "train_s": round(train_s, 1), "device": _device_name(), "seconds": round(time.perf_counter() - start, 1),
             "calls": [train, evaluate]}
+
+
+def curve_table(runs: list[dict]) -> str:
+    """Markdown: validation AP50 per arm and shot count at each validation (mean over seeds); "" without curves."""
+    import statistics
+
+    runs = [r for r in runs if len(r.get("val_curve", {})) > 1]
+    points = sorted({int(i) for r in runs for i in r["val_curve"]})
+    if not points:
+        return ""
+    lines = ["| start point | images | " + " | ".join(f"it {i}" for i in points) + " |",
+             "|---|---|" + "---|" * len(points)]
+    for arm in DET_ARMS:
+        for n in sorted({r["shots"] for r in runs if r["arm"] == arm}):
+            mine = [r["val_curve"] for r in runs if r["arm"] == arm and r["shots"] == n]
+            cells = [statistics.mean(c[k] for c in mine if k in c) if any(k in c for c in mine) else None
+                     for k in map(str, points)]
+            lines.append(f"| {ARMS[arm]} | {n} ({len(mine)} seeds) | "
+                         + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(lines)
 
 
 def write_report(path: Path, summary: dict, tables: dict) -> None:
@@ -121,7 +142,10 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
              f"{summary.get('test_images', '?')} images, {summary.get('test_boxes', '?')} lesions), rendered at "
              f"{s['phantom_size']} px. Pretraining and fine-tuning at {s['size']} px, demo backbone; fine-tuning "
              f"mode `{s['mode']}`, {s['iterations']} iterations of batch {COMMON['batch_size']} in every arm, "
-             "anchors fitted to the pretraining boxes.", "", "Pretraining (the same iterations in every arm):", ""]
+             "anchors fitted to the pretraining boxes; scored: "
+             + (f"the checkpoint with the best validation AP50 (validation every {s['val_interval']} iterations)."
+                if s.get("val_interval") else "the final model."), "",
+             "Pretraining (the same iterations in every arm):", ""]
     for arm in DET_ARMS:
         if arm in pre:
             val = pre[arm].get("validation", {})
@@ -129,10 +153,13 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
             lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations, {pre[arm]['cpu_seconds'] / 60:.1f} "
                          f"CPU-min, fine-tuned from its {pre[arm]['key']}"
                          + (f"; its own validation at the end: {learnt}" if learnt else ""))
+    curves = curve_table(list(summary["runs"].values()))
     lines += ["", "Test AP50 (nodules and masses), mean ± sample standard deviation over seeds (seeds in brackets):",
               "", tables["ap50"], "", "Test `map40_fx`, same runs:", "", tables["map40_fx"], "",
               "AP50 paired over seeds (declared before the runs; exact two-sided Wilcoxon signed-rank test):", "",
               tables["paired"], ""]
+    if curves:
+        lines += ["Validation AP50 along the fine-tuning (mean over seeds):", "", curves, ""]
     example = next((r for r in summary["runs"].values() if r["arm"] == "foundation_x" and "calls" in r), None)
     if example and "foundation_x" in pre:
         lines += ["One fine-tuning run of (c) and its pretraining, as shell commands (the script runs the same "
@@ -157,6 +184,9 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrain_seed", type=int, default=100)
     parser.add_argument("--downstream_seed", type=int, default=200)
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
+    parser.add_argument("--val_interval", type=int, default=None,
+                        help="validate every this many iterations (a curve), and score the checkpoint the validation "
+                             "chose instead of the final one (default: once, at the end: the final model)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot_det.json"))
     parser.add_argument("--report_only", action="store_true", help="rewrite --results from --store")
@@ -187,7 +217,7 @@ def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
 
     torch.set_num_threads(args.threads)
     per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s")
-    settings = {k: v for k, v in vars(args).items() if k not in per_run}
+    settings = {k: v for k, v in vars(args).items() if k not in per_run and not (k == "val_interval" and v is None)}
     if summary.get("settings") not in (None, settings):
         raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --store")
     summary["settings"] = settings
@@ -214,7 +244,8 @@ def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
     summary["test_images"], summary["test_boxes"] = len(test), sum(len(it.get("boxes", [])) for it in test)
     save(t)
     specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
-    finetune_settings = {"iterations": args.iterations, "val_interval": args.iterations, "mode": args.mode,
+    finetune_settings = {"iterations": args.iterations, "val_interval": args.val_interval or args.iterations,
+                         "mode": args.mode,
                          "det_anchors": pretraining_anchors(data, args.size), **backbone_settings(args.size)}
     tasks, queued = [], set()
     for arm, shots, seed in order:

@@ -46,7 +46,12 @@ def test_variants_train_the_demo_and_score_every_tuning_image(tmp_path, monkeypa
     assert set(run["cls_auc"]) == {"nodule", "mass", "pneumothorax", "effusion", "cardiomegaly"}
     assert not (work / "det_tenth_0" / "models").exists()  # checkpoints are not kept
     text = doc.read_text()
-    assert dt.BEGIN in text and "| det_tenth | 0.001 / 0.002 | det × 0.1 | 1 |" in text and "1 cycles" in text
+    # a results file of its own name has its own section, whose command reproduces its setting
+    assert "<!-- demo_tuning.py (tuning): begin (generated) -->" in text and "# Demo settings: `tuning`" in text
+    assert "| det_tenth | 0.001 / 0.002 | det × 0.1 | 1 |" in text and "1 cycles" in text
+    assert "`python bench/demo_tuning.py --count 12 --epochs 1 --results bench/results/tuning.json --variants " \
+           "det_tenth --seeds 0 1`" in text
+    assert dt.markers(dt.DEFAULT_RESULTS)[0] == "<!-- demo_tuning.py: begin (generated) -->"
     # a second call trains nothing again; another setting in the same file is refused
     monkeypatch.setattr(dt, "run_one", lambda *a, **k: pytest.fail("a stored run was run again"))
     dt.main(args)

@@ -56,3 +56,13 @@ def test_tiny_stage_loads_the_pretrained_head_pairs_and_resumes(tmp_path, capsys
     few_shot_det.main(args)  # everything is stored: nothing runs again
     assert "ap50" not in "".join(line for line in capsys.readouterr().out.splitlines() if "/2/0:" in line)
     assert json.loads((tmp_path / "store.json").read_text())["runs"] == store["runs"]
+
+
+def test_curve_table_means_each_validation_over_seeds():
+    runs = [{"arm": "foundation_x", "shots": 2, "seed": s, "val_curve": {"25": 0.2 + s / 10, "50": 0.1}}
+            for s in range(2)]
+    runs.append({"arm": "scratch", "shots": 2, "seed": 0, "val_curve": {"50": 0.0}})  # one point: no curve
+    text = few_shot_det.curve_table(runs)
+    row = "| (c) Foundation X (Lock-Release + teacher) | 2 (2 seeds) | 0.250 | 0.100 |"
+    assert "| it 25 | it 50 |" in text and row in text and "(a)" not in text
+    assert few_shot_det.curve_table(runs[-1:]) == ""
