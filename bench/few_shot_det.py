@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from few_shot import (COMMON, ARMS, _device_name, _timed, backbone_settings, bundle_run, command, execute,  # noqa: E402
-                      job_order, paired, pretrain, pretrain_specs, pretraining_population, read_metrics, table,
-                      validation_curve)
+from few_shot import (  # noqa: E402
+    ARMS, COMMON, _device_name, _timed, backbone_settings, borrow_pretraining, bundle_run, command, execute,
+    job_order, paired, pretrain, pretrain_specs, pretraining_population, read_metrics, table, validation_curve,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DET_ARMS = ("scratch", "single_task", "foundation_x", "fx_no_lock", "fx_no_teacher")
@@ -190,6 +191,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--store", default=str(Path(__file__).resolve().parent / "results" / "few_shot_det.json"))
     parser.add_argument("--report_only", action="store_true", help="rewrite --results from --store")
+    parser.add_argument("--pretrained_from", default=None,
+                        help="another store whose pretrainings to fine-tune from (same pretraining settings), e.g. "
+                             "the same start points fine-tuned with another --val_interval")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("--budget_s", type=float, default=None,
                         help="start no run after this many wall seconds (finished runs are kept; run again to go on)")
@@ -216,11 +220,14 @@ def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
     from cxrfx.data.datalist import read_datalist
 
     torch.set_num_threads(args.threads)
-    per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s")
+    per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
+               "pretrained_from")
     settings = {k: v for k, v in vars(args).items() if k not in per_run and not (k == "val_interval" and v is None)}
     if summary.get("settings") not in (None, settings):
         raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --store")
     summary["settings"] = settings
+    if args.pretrained_from:
+        borrow_pretraining(summary, json.loads(Path(args.pretrained_from).read_text()), args.pretrained_from)
     summary["command"] = " ".join(["python bench/few_shot_det.py", *(argv if argv is not None else sys.argv[1:])])
     out.mkdir(parents=True, exist_ok=True)
     store.parent.mkdir(parents=True, exist_ok=True)
