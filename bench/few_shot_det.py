@@ -142,7 +142,9 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
              f"downstream `phantom_det` seed {s['downstream_seed']} ({s['downstream_count']} images; test split "
              f"{summary.get('test_images', '?')} images, {summary.get('test_boxes', '?')} lesions), rendered at "
              f"{s['phantom_size']} px. Pretraining and fine-tuning at {s['size']} px, demo backbone; fine-tuning "
-             f"mode `{s['mode']}`, {s['iterations']} iterations of batch {COMMON['batch_size']} in every arm, "
+             f"mode `{s['mode']}`, learning rates {s.get('backbone_lr', 7.5e-5):g} backbone / "
+             f"{s.get('head_lr', 2.5e-4):g} localization branch and head, "
+             f"{s['iterations']} iterations of batch {COMMON['batch_size']} in every arm, "
              "anchors fitted to the pretraining boxes; scored: "
              + (f"the checkpoint with the best validation AP50 (validation every {s['val_interval']} iterations)."
                 if s.get("val_interval") else "the final model."), "",
@@ -185,6 +187,10 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrain_seed", type=int, default=100)
     parser.add_argument("--downstream_seed", type=int, default=200)
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
+    parser.add_argument("--backbone_lr", type=float, default=None,
+                        help="fine-tuning learning rate of the backbone (default: finetune_det's demo value, 7.5e-5)")
+    parser.add_argument("--head_lr", type=float, default=None,
+                        help="fine-tuning learning rate of the localization branch and head (default: 2.5e-4)")
     parser.add_argument("--val_interval", type=int, default=None,
                         help="validate every this many iterations (a curve), and score the checkpoint the validation "
                              "chose instead of the final one (default: once, at the end: the final model)")
@@ -222,7 +228,8 @@ def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
     torch.set_num_threads(args.threads)
     per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
                "pretrained_from")
-    settings = {k: v for k, v in vars(args).items() if k not in per_run and not (k == "val_interval" and v is None)}
+    optional = ("val_interval", "backbone_lr", "head_lr")  # absent from stores made before they existed
+    settings = {k: v for k, v in vars(args).items() if k not in per_run and not (k in optional and v is None)}
     if summary.get("settings") not in (None, settings):
         raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --store")
     summary["settings"] = settings
@@ -253,6 +260,7 @@ def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
     specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
     finetune_settings = {"iterations": args.iterations, "val_interval": args.val_interval or args.iterations,
                          "mode": args.mode,
+                         **{k: getattr(args, k) for k in ("backbone_lr", "head_lr") if getattr(args, k) is not None},
                          "det_anchors": pretraining_anchors(data, args.size), **backbone_settings(args.size)}
     tasks, queued = [], set()
     for arm, shots, seed in order:
