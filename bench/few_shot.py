@@ -549,6 +549,85 @@ def borrow_pretraining(summary: dict, other: dict, name: str) -> None:
         summary["pretraining"].setdefault(arm, done)
 
 
+def add_population_arguments(parser: argparse.ArgumentParser, downstream_count: int) -> None:
+    """The settings every stage of the benchmark shares: input size, the two populations, pretraining length."""
+    parser.add_argument("--size", type=int, default=224, help="pretraining and fine-tuning input size")
+    parser.add_argument("--pretrain_cycles", type=int, default=8)
+    parser.add_argument("--phantom_size", type=int, default=256)
+    parser.add_argument("--pretrain_count", type=int, default=96, help="images per pretraining dataset")
+    parser.add_argument("--downstream_count", type=int, default=downstream_count, help="downstream images")
+    parser.add_argument("--pretrain_seed", type=int, default=100)
+    parser.add_argument("--downstream_seed", type=int, default=200)
+
+
+def forget_lost_pretrainings(summary: dict, order: list[tuple[str, int, int]]) -> None:
+    """Drop the pretraining records whose checkpoint is gone (run folders lost with a machine) when a run still to
+    do needs them, so they are made again with the same seed; a record no run needs again is kept."""
+    pending = {arm for arm, shots, seed in order if f"{arm}/{shots}/{seed}" not in summary["runs"]}
+    for arm, done in list(summary["pretraining"].items()):
+        if arm in pending and not Path(done["checkpoint"]).exists():
+            print(f"pretrained {arm}: {done['checkpoint']} is gone; pretraining again (same seed)", flush=True)
+            del summary["pretraining"][arm]
+
+
+# how and where the runs are made, not what they measure: a store may be filled in several sessions
+PER_RUN = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
+           "pretrained_from")
+OPTIONAL = ("val_interval", "backbone_lr", "head_lr")  # settings absent from stores made before they existed
+
+
+def claim_store(summary: dict, store: Path, args, optional: tuple[str, ...], script: str, argv) -> None:
+    """Check that ``store`` holds runs of these settings (or none), record them and the command, and take the
+    pretrainings of ``--pretrained_from``; a store of other settings is refused."""
+    skip = OPTIONAL + tuple(optional)
+    settings = {k: v for k, v in vars(args).items() if k not in PER_RUN and not (k in skip and v is None)}
+    if summary.get("settings") not in (None, settings):
+        raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --store")
+    summary["settings"] = settings
+    if args.pretrained_from:
+        borrow_pretraining(summary, json.loads(Path(args.pretrained_from).read_text()), args.pretrained_from)
+    summary["command"] = " ".join([script, *(argv if argv is not None else sys.argv[1:])])
+    store.parent.mkdir(parents=True, exist_ok=True)
+
+
+def session_saver(summary: dict, store: Path, workers: int):
+    """Record this session in ``summary``; returns ``save(cpu_seconds)`` (adds the CPU time, updates the session's
+    wall time, writes the store) and the session's start (``time.monotonic()``)."""
+    session = {"device": _device_name(), "workers": workers, "wall_s": 0.0}
+    summary.setdefault("sessions", []).append(session)
+    began = time.monotonic()
+
+    def save(cpu: float) -> None:
+        summary["cpu_seconds"] = round(summary["cpu_seconds"] + cpu, 1)
+        session["wall_s"] = round(time.monotonic() - began, 1)
+        store.write_text(json.dumps(summary, indent=1))
+
+    return save, began
+
+
+def store_callbacks(summary: dict, save, metric: str):
+    """``execute``'s ``prepare`` and ``done`` for a store: a fine-tuning run learns where its pretraining is when it
+    starts; each finished pretraining or run goes into ``summary`` and ``save(cpu_seconds)`` is called at once."""
+
+    def prepare(task: dict) -> dict:
+        if task["key"].startswith("pretrain/"):
+            return task["job"]
+        return {**task["job"], "pretrained": summary["pretraining"].get(task["job"]["arm"])}
+
+    def done(task: dict, result: dict, cpu: float) -> None:
+        if task["key"].startswith("pretrain/"):
+            summary["pretraining"][result["arm"]] = result
+            print(f"pretrained {result['arm']}: {result['iterations']} iterations, {result['seconds']} s, "
+                  f"{result['cpu_seconds']} CPU s, validation {result.get('validation', {})}", flush=True)
+        else:
+            summary["runs"][task["key"]] = result
+            print(f"{task['key']}: {metric} {result[metric]:.3f} ({result['train_s']} s, "
+                  f"{result['train_cpu_s']} CPU s)", flush=True)
+        save(cpu)
+
+    return prepare, done
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/few_shot")
@@ -557,13 +636,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--iterations", type=int, default=200, help="fine-tuning iterations (batch 4)")
-    parser.add_argument("--size", type=int, default=224, help="pretraining and fine-tuning input size")
-    parser.add_argument("--pretrain_cycles", type=int, default=8)
-    parser.add_argument("--phantom_size", type=int, default=256)
-    parser.add_argument("--pretrain_count", type=int, default=96, help="images per pretraining dataset")
-    parser.add_argument("--downstream_count", type=int, default=80)
-    parser.add_argument("--pretrain_seed", type=int, default=100)
-    parser.add_argument("--downstream_seed", type=int, default=200)
+    add_population_arguments(parser, downstream_count=80)
     parser.add_argument("--val_interval", type=int, default=None,
                         help="validate every this many fine-tuning iterations (a curve; default: once, at the end)")
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
@@ -593,34 +666,10 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)  # one thread: on a shared 2-core machine two spin and wait
-        # how and where the runs are made, not what they measure: a store may be filled in several sessions
-        per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
-                   "pretrained_from")
-        optional = ("val_interval", "backbone_lr", "head_lr", "decoder_channels")  # absent from older stores
-        settings = {k: v for k, v in vars(args).items() if k not in per_run and not (k in optional and v is None)}
-        if summary.get("settings") not in (None, settings):
-            raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --out")
-        summary["settings"] = settings
-        if args.pretrained_from:
-            borrow_pretraining(summary, json.loads(Path(args.pretrained_from).read_text()), args.pretrained_from)
-        summary["command"] = " ".join(["python bench/few_shot.py", *(argv if argv is not None else sys.argv[1:])])
+        claim_store(summary, store, args, ("decoder_channels",), "python bench/few_shot.py", argv)
         out.mkdir(parents=True, exist_ok=True)
-        store.parent.mkdir(parents=True, exist_ok=True)
-        pending = {arm for arm, shots, seed in job_order(args.seeds, args.shots, args.arms)
-                   if f"{arm}/{shots}/{seed}" not in summary["runs"]}
-        for arm, done in list(summary["pretraining"].items()):
-            if arm in pending and not Path(done["checkpoint"]).exists():  # a record no run needs again is kept
-                print(f"pretrained {arm}: {done['checkpoint']} is gone; pretraining again (same seed)", flush=True)
-                del summary["pretraining"][arm]
-
-        session = {"device": _device_name(), "workers": args.jobs, "wall_s": 0.0}
-        summary.setdefault("sessions", []).append(session)
-        began = time.monotonic()
-
-        def save(cpu: float) -> None:
-            summary["cpu_seconds"] = round(summary["cpu_seconds"] + cpu, 1)
-            session["wall_s"] = round(time.monotonic() - began, 1)
-            store.write_text(json.dumps(summary, indent=1))
+        forget_lost_pretrainings(summary, job_order(args.seeds, args.shots, args.arms))
+        save, began = session_saver(summary, store, args.jobs)
 
         data, t = _timed(build_data, out, args)
         save(t)
@@ -641,24 +690,8 @@ def main(argv=None) -> None:
                 tasks.append({"key": f"{arm}/{shots}/{seed}", "fn": monai_unet if arm == "monai_unet" else finetune,
                               "job": job, "after": f"pretrain/{arm}" if arm in PRETRAINED else None})
 
-        def prepare(task: dict) -> dict:  # a fine-tuning run learns where its pretraining is when it starts
-            if task["key"].startswith("pretrain/"):
-                return task["job"]
-            return {**task["job"], "pretrained": summary["pretraining"].get(task["job"]["arm"])}
-
-        def done(task: dict, result: dict, cpu: float) -> None:
-            if task["key"].startswith("pretrain/"):
-                summary["pretraining"][result["arm"]] = result
-                print(f"pretrained {result['arm']}: {result['iterations']} iterations, {result['seconds']} s, "
-                      f"{result['cpu_seconds']} CPU s", flush=True)
-            else:
-                summary["runs"][task["key"]] = result
-                print(f"{task['key']}: dice_fx {result['dice_fx']:.3f} ({result['train_s']} s, "
-                      f"{result['train_cpu_s']} CPU s)", flush=True)
-            save(cpu)
-
         deadline = None if args.budget_s is None else began + args.budget_s
-        failed = execute(tasks, args.jobs, args.threads, deadline, prepare, done,
+        failed = execute(tasks, args.jobs, args.threads, deadline, *store_callbacks(summary, save, "dice_fx"),
                          finished={f"pretrain/{a}" for a in summary["pretraining"]})
     runs = list(summary["runs"].values())
     tables = {"seg": table(runs), "paired": paired(runs), "equal_cpu": equal_cpu(runs)}

@@ -36,8 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from few_shot import (  # noqa: E402
-    ARMS, COMMON, _device_name, _timed, backbone_settings, borrow_pretraining, bundle_run, command, execute,
-    job_order, paired, pretrain, pretrain_specs, pretraining_population, read_metrics, table, validation_curve,
+    ARMS, COMMON, _timed, add_population_arguments, backbone_settings, bundle_run, claim_store, command, execute,
+    forget_lost_pretrainings, job_order, paired, pretrain, pretrain_specs, pretraining_population, read_metrics,
+    session_saver, store_callbacks, table, validation_curve, _device_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,13 +180,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--arms", nargs="+", default=list(DET_ARMS), choices=list(DET_ARMS))
     parser.add_argument("--iterations", type=int, default=300, help="fine-tuning iterations (batch 4)")
-    parser.add_argument("--size", type=int, default=224, help="pretraining and fine-tuning input size")
-    parser.add_argument("--pretrain_cycles", type=int, default=8)
-    parser.add_argument("--phantom_size", type=int, default=256)
-    parser.add_argument("--pretrain_count", type=int, default=96, help="images per pretraining dataset")
-    parser.add_argument("--downstream_count", type=int, default=200, help="downstream phantom_det images")
-    parser.add_argument("--pretrain_seed", type=int, default=100)
-    parser.add_argument("--downstream_seed", type=int, default=200)
+    add_population_arguments(parser, downstream_count=200)
     parser.add_argument("--mode", default="full", choices=["full", "frozen", "warmup"])
     parser.add_argument("--backbone_lr", type=float, default=None,
                         help="fine-tuning learning rate of the backbone (default: finetune_det's demo value, 7.5e-5)")
@@ -226,32 +221,11 @@ def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
     from cxrfx.data.datalist import read_datalist
 
     torch.set_num_threads(args.threads)
-    per_run = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
-               "pretrained_from")
-    optional = ("val_interval", "backbone_lr", "head_lr")  # absent from stores made before they existed
-    settings = {k: v for k, v in vars(args).items() if k not in per_run and not (k in optional and v is None)}
-    if summary.get("settings") not in (None, settings):
-        raise SystemExit(f"{store} holds runs made with other settings ({summary['settings']}); use another --store")
-    summary["settings"] = settings
-    if args.pretrained_from:
-        borrow_pretraining(summary, json.loads(Path(args.pretrained_from).read_text()), args.pretrained_from)
-    summary["command"] = " ".join(["python bench/few_shot_det.py", *(argv if argv is not None else sys.argv[1:])])
+    claim_store(summary, store, args, (), "python bench/few_shot_det.py", argv)
     out.mkdir(parents=True, exist_ok=True)
-    store.parent.mkdir(parents=True, exist_ok=True)
     order = job_order(args.seeds, args.shots, list(args.arms))
-    pending = {arm for arm, shots, seed in order if f"{arm}/{shots}/{seed}" not in summary["runs"]}
-    for arm, done in list(summary["pretraining"].items()):
-        if arm in pending and not Path(done["checkpoint"]).exists():
-            print(f"pretrained {arm}: {done['checkpoint']} is gone; pretraining again (same seed)", flush=True)
-            del summary["pretraining"][arm]
-    session = {"device": _device_name(), "workers": args.jobs, "wall_s": 0.0}
-    summary.setdefault("sessions", []).append(session)
-    began = time.monotonic()
-
-    def save(cpu: float) -> None:
-        summary["cpu_seconds"] = round(summary["cpu_seconds"] + cpu, 1)
-        session["wall_s"] = round(time.monotonic() - began, 1)
-        store.write_text(json.dumps(summary, indent=1))
+    forget_lost_pretrainings(summary, order)
+    save, began = session_saver(summary, store, args.jobs)
 
     data, t = _timed(build_data, out, args)
     test = read_datalist(data["det"])["test"]
@@ -274,23 +248,8 @@ def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
         tasks.append({"key": f"{arm}/{shots}/{seed}", "fn": finetune, "job": job,
                       "after": None if arm == "scratch" else f"pretrain/{arm}"})
 
-    def prepare(task: dict) -> dict:  # a fine-tuning run learns where its pretraining is when it starts
-        if task["key"].startswith("pretrain/"):
-            return task["job"]
-        return {**task["job"], "pretrained": summary["pretraining"].get(task["job"]["arm"])}
-
-    def done(task: dict, result: dict, cpu: float) -> None:
-        if task["key"].startswith("pretrain/"):
-            summary["pretraining"][result["arm"]] = result
-            print(f"pretrained {result['arm']}: {result['iterations']} iterations, {result['cpu_seconds']} CPU s, "
-                  f"validation {result['validation']}", flush=True)
-        else:
-            summary["runs"][task["key"]] = result
-            print(f"{task['key']}: ap50 {result['ap50']:.3f} ({result['train_cpu_s']} CPU s)", flush=True)
-        save(cpu)
-
     deadline = None if args.budget_s is None else began + args.budget_s
-    return execute(tasks, args.jobs, args.threads, deadline, prepare, done,
+    return execute(tasks, args.jobs, args.threads, deadline, *store_callbacks(summary, save, "ap50"),
                    finished={f"pretrain/{a}" for a in summary["pretraining"]})
 
 
