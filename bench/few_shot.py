@@ -281,14 +281,23 @@ def pretrain(spec: dict) -> dict:
             "cpu_seconds": round(time.process_time() - cpu, 1), "validation": pretraining_metrics(root / "train.log")}
 
 
+def start_point(pretrained: dict | None) -> dict:
+    """A fine-tuning bundle's overrides for its start: scratch, or a pretraining record's checkpoint and key."""
+    if pretrained is None:
+        return {"finetune": False}
+    return {"finetune": True, "finetune_model_path": pretrained["checkpoint"], "finetune_key": pretrained["key"]}
+
+
+def repo_relative(text: str) -> str:
+    """Paths in generated docs relative to the repository (and the home folder as ~)."""
+    return text.replace(str(ROOT) + os.sep, "").replace(str(Path.home()), "~")
+
+
 def finetune(job: dict) -> dict:
     """Train then evaluate one (arm, shots, seed) through finetune_seg; test-split Dice and the cost."""
     root, log = Path(job["root"]), Path(job["root"]) / "run.log"
     start, cpu = time.perf_counter(), time.process_time()
-    start_point = {"finetune": False} if job["pretrained"] is None else {
-        "finetune": True, "finetune_model_path": job["pretrained"]["checkpoint"],
-        "finetune_key": job["pretrained"]["key"]}
-    overrides = {**COMMON, **job["settings"], **start_point, "few_shot": job["shots"], "few_shot_seed": job["seed"],
+    overrides = {**COMMON, **job["settings"], **start_point(job["pretrained"]), "few_shot": job["shots"], "few_shot_seed": job["seed"],
                  "seed": job["seed"], "source_datalist": job["datalist"], "validate_data": False}
     logged = log.stat().st_size if log.exists() else 0
     train = bundle_run("finetune_seg", ["train.json", "demo.json"], root, log, **overrides)
@@ -728,8 +737,7 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
     ``path``, keeping any hand-written text around them. Paths are shown relative to the repository."""
     s, pre, runs = summary["settings"], summary["pretraining"], list(summary["runs"].values())
 
-    def rel(text: str) -> str:
-        return text.replace(str(ROOT) + os.sep, "").replace(str(Path.home()), "~")
+    rel = repo_relative
 
     lines = [BEGIN, "", "Reproduce (resumes where it stopped; `--report_only` rewrites this section):", "", "```bash",
              rel(summary["command"]), "```", "",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from few_shot import (  # noqa: E402
     ARMS, COMMON, _timed, add_population_arguments, backbone_settings, bundle_run, claim_store, command, execute,
     forget_lost_pretrainings, job_order, paired, pretrain, pretrain_specs, pretraining_population, read_metrics,
-    session_saver, store_callbacks, table, validation_curve, _device_name,
+    repo_relative, session_saver, start_point, store_callbacks, table, validation_curve, _device_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +73,8 @@ def pretraining_anchors(data: dict, size: int) -> list:
 def finetune_overrides(job: dict) -> dict:
     """``finetune_det``'s overrides for one (arm, shots, seed): the start point, the few-shot set, the shared
     anchors and head name."""
-    start_point = {"finetune": False} if job["pretrained"] is None else {
-        "finetune": True, "finetune_model_path": job["pretrained"]["checkpoint"],
-        "finetune_key": job["pretrained"]["key"]}
-    return {**COMMON, **job["settings"], **start_point, "few_shot": job["shots"], "few_shot_seed": job["seed"],
+    return {**COMMON, **job["settings"], **start_point(job["pretrained"]), "few_shot": job["shots"],
+            "few_shot_seed": job["seed"],
             "seed": job["seed"], "source_datalist": job["datalist"], "validate_data": False, "dataset_name": HEAD}
 
 
@@ -133,8 +130,7 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
 
     s, pre = summary["settings"], summary["pretraining"]
 
-    def rel(text: str) -> str:
-        return text.replace(str(ROOT) + os.sep, "").replace(str(Path.home()), "~")
+    rel = repo_relative
 
     lines = ["Reproduce (resumes where it stopped; `--report_only` rewrites this section):", "", "```bash",
              rel(summary["command"]), "```", "",
