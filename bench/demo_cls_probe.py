@@ -4,10 +4,11 @@ The demo's backbone (``bundles/foundation_x`` ``demo.json``: Swin 32-dim, depths
 stem, 128 px) with one 5-label head, trained on ``phantom_cls`` labels only, no other task, against MONAI's
 DenseNet-121 on the same images. Training images: the first ``n`` images of a 600-image ``phantom_cls`` build
 (seed 1); test: every image of a 200-image build of other patients (seed 7), so each AUC rests on 200 images
-instead of the demo's 15 per dataset. Train AUCs are scored on the training images in eval mode: a model that
-memorises shows train 1.0 next to a test near 0.5.
+instead of the demo's 15 per dataset. Later rows try other demo backbones (``VARIANTS``: Swin settings;
+``CONV_STAGES`` / ``flat_head``: convolution stages, a position-aware head). Train AUCs are scored on the training
+images in eval mode: a model that memorises shows train 1.0 next to a test near 0.5.
 
-    python bench/demo_cls_probe.py                       # the runs below, resumable; ~10 CPU-minutes
+    python bench/demo_cls_probe.py                       # the runs below, resumable; ~40 CPU-minutes
     python bench/demo_cls_probe.py --report-only
 
 Writes ``bench/results/demo_cls_probe.json`` and a section of ``docs/results.md``.
@@ -44,7 +45,68 @@ RUNS = [("fx_demo", 210, 540, 4, 1e-3, True),  # the demo's classification budge
         ("fx_demo", 210, 540, 4, 1e-4, True),
         # the 300-image demo's classification budget (795 iterations of batch 4, augmented), both networks
         ("fx_demo", 596, 800, 4, 1e-3, True),
-        ("densenet121", 596, 800, 4, 1e-3, True)]
+        ("densenet121", 596, 800, 4, 1e-3, True),
+        # other demo backbones (VARIANTS), at the 300-image demo's budget
+        ("fx_demo", 596, 800, 4, 2.5e-4, True),
+        ("fx_demo", 596, 800, 4, 2.5e-4, True, "w64"),
+        ("fx_demo", 596, 800, 4, 2.5e-4, True, "no_drop_path"),
+        ("fx_demo", 596, 800, 4, 2.5e-4, True, "patch"),
+        ("fx_demo", 596, 800, 4, 1e-3, True, "conv2"),
+        ("fx_demo", 596, 800, 4, 2.5e-4, True, "conv2"),
+        ("fx_demo", 596, 800, 4, 1e-3, True, "conv4"),
+        ("fx_demo", 596, 800, 4, 2.5e-4, True, "flat_head"),
+        # the demo backbone at DenseNet-121's CPU time (4 000 iterations cost what its 800 do)
+        ("fx_demo", 596, 4000, 4, 2.5e-4, True)]
+# backbone_kwargs overrides of demo.json's Swin
+VARIANTS = {"w64": {"embed_dim": 64, "num_heads": [2, 4, 8, 16]},
+            "no_drop_path": {"drop_path_rate": 0.0},
+            "patch": {"stem": "patch"}}
+# structural variants (probe-only, not in cxrfx): the first N Swin stages replaced by residual convolution stages
+# (BatchNorm, two blocks, a stride-2 convolution into the next stage; conv4: a plain small ResNet), or a
+# position-aware head (a linear layer over the flattened 4x4 last-stage map instead of global average pooling:
+# a unilateral effusion is a left-right asymmetry that pooling can hide)
+CONV_STAGES = {"conv2": 2, "conv4": 4}
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        nn = torch.nn
+        self.f = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True),
+                               nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch))
+
+    def forward(self, x):
+        return torch.relu(x + self.f(x))
+
+
+class _ConvStage(torch.nn.Module):
+    """A Swin ``BasicLayer``'s interface ((B, N, C) tokens and their map size in; stage output, next tokens, next
+    size out) over residual convolutions."""
+
+    def __init__(self, dim: int, downsample: bool):
+        super().__init__()
+        nn = torch.nn
+        self.blocks = nn.Sequential(_Residual(dim), _Residual(dim))
+        self.down = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(2 * dim)) if downsample else None
+
+    def forward(self, x, hw):
+        m = self.blocks(x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw))
+        out = m.flatten(2).transpose(1, 2)
+        if self.down is None:
+            return out, out, hw
+        d = self.down(m)
+        return out, d.flatten(2).transpose(1, 2), tuple(d.shape[2:])
+
+
+def _restructure(net, variant: str) -> None:
+    dims = net.backbone.num_features
+    for i in range(CONV_STAGES.get(variant, 0)):
+        net.backbone.layers[i] = _ConvStage(dims[i], i < len(dims) - 1)
+    if variant == "flat_head":
+        norm = net.backbone.norm
+        net.pooled_feature = lambda feats: norm(feats[-1].flatten(2).transpose(1, 2)).flatten(1)
+        net.cls_heads["c"].fc = torch.nn.Linear(dims[-1] * 16, 5)  # 4x4 map at 128 px
 
 
 def _lists(data: Path, n_train: int) -> tuple[str, str]:
@@ -70,29 +132,44 @@ def _lists(data: Path, n_train: int) -> tuple[str, str]:
     return str(train), str(test)
 
 
-def run(data: Path, arm: str, n_train: int, iterations: int, batch: int, lr: float, aug: bool) -> dict:
+def build_network(arm: str, variant: str = ""):
+    """The probed network and its forward to (B, 5) logits: the demo's Foundation X backbone with one 5-label head
+    (``variant``: a ``VARIANTS`` / ``CONV_STAGES`` / ``flat_head`` change), or MONAI's DenseNet-121."""
+    if arm == "densenet121":
+        from monai.networks.nets import DenseNet121
+
+        net = DenseNet121(spatial_dims=2, in_channels=1, out_channels=5)
+        return net, net
+    if arm != "fx_demo":
+        raise ValueError(f"unknown arm {arm!r}")
+    if variant and variant not in {**VARIANTS, **CONV_STAGES, "flat_head": None}:
+        raise ValueError(f"unknown variant {variant!r}")
     from monai.bundle import ConfigParser
 
+    from cxrfx.networks import FoundationX
+
+    configs = ROOT / "bundles" / "foundation_x" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.json"), str(configs / "demo.json")])
+    kwargs = {**parser.get_parsed_content("backbone_kwargs"), **VARIANTS.get(variant, {})}
+    net = FoundationX(backbone=parser["backbone"], backbone_kwargs=kwargs, cls_heads={"c": 5}, seg_heads={},
+                      det_heads={})
+    _restructure(net, variant)
+
+    def forward(x):
+        return net(x, task="cls", head="c")
+
+    return net, forward
+
+
+def run(data: Path, arm: str, n_train: int, iterations: int, batch: int, lr: float, aug: bool,
+        variant: str = "") -> dict:
     from cxrfx.data.multitask import build_sources
     from cxrfx.metrics.auc import roc_auc
 
     train_list, test_list = _lists(data, n_train)
     torch.manual_seed(0)
-    if arm == "fx_demo":
-        from cxrfx.networks import FoundationX
-
-        configs = ROOT / "bundles" / "foundation_x" / "configs"
-        parser = ConfigParser()
-        parser.read_config([str(configs / "train.json"), str(configs / "demo.json")])
-        net = FoundationX(backbone=parser["backbone"], backbone_kwargs=parser.get_parsed_content("backbone_kwargs"),
-                          cls_heads={"c": 5}, seg_heads={}, det_heads={})
-
-        def forward(x):
-            return net(x, task="cls", head="c")
-    else:
-        from monai.networks.nets import DenseNet121
-
-        net = forward = DenseNet121(spatial_dims=2, in_channels=1, out_channels=5)
+    net, forward = build_network(arm, variant)
     loader = build_sources({"c": {"datalist": train_list, "tasks": ["cls"]}}, "training", size=128, batch_size=batch,
                            train=aug, seed=0, cache_rate=1.0)["cls/c"]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
@@ -136,7 +213,8 @@ def report(results: dict) -> str:
              "| arm | train images | iterations × batch | learning rate | aug | final loss | " +
              " | ".join(LABELS) + " | CPU s |", "|" + "---|" * (len(LABELS) + 7)]
     for key, r in results.items():
-        arm, n, it, batch, lr, aug = key.split("/")
+        arm, n, it, batch, lr, aug, *variant = key.split("/")
+        arm = " ".join([arm, *variant])
         cells = " | ".join(f"{r['train_auc'][k]:.2f} / {r['test_auc'][k]:.2f}" for k in LABELS)
         lines.append(f"| {arm} | {n} | {it} × {batch} | {lr} | {aug} | {r['final_loss']:.3f} | {cells} | "
                      f"{r['train_cpu_s']:.0f} |")
@@ -153,11 +231,11 @@ def main(argv=None) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not a.report_only:
         Path(a.data).mkdir(parents=True, exist_ok=True)
-        for arm, n, it, batch, lr, aug in RUNS:
-            key = f"{arm}/{n}/{it}/{batch}/{lr:g}/{'yes' if aug else 'no'}"
+        for arm, n, it, batch, lr, aug, *variant in RUNS:
+            key = f"{arm}/{n}/{it}/{batch}/{lr:g}/{'yes' if aug else 'no'}" + "".join(f"/{v}" for v in variant)
             if key in results:
                 continue
-            results[key] = run(Path(a.data), arm, n, it, batch, lr, aug)
+            results[key] = run(Path(a.data), arm, n, it, batch, lr, aug, *variant)
             print(key, results[key], flush=True)
             RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     text = report(results)
