@@ -579,6 +579,15 @@ def forget_lost_pretrainings(summary: dict, order: list[tuple[str, int, int]]) -
             del summary["pretraining"][arm]
 
 
+def record_command(summary: dict, cmd: str) -> None:
+    """Add ``cmd`` to the store's ``commands``: every distinct command that added runs to it (other arms or shot
+    counts, a second machine), so the report can show how to reproduce all of its table, not only the last part.
+    A store made before this list existed starts it with its one ``command``."""
+    commands = summary.setdefault("commands", [summary["command"]] if summary.get("command") else [])
+    if cmd not in commands:
+        commands.append(cmd)
+
+
 # how and where the runs are made, not what they measure: a store may be filled in several sessions
 PER_RUN = ("out", "store", "results", "report_only", "seeds", "arms", "shots", "threads", "jobs", "budget_s",
            "pretrained_from")
@@ -595,7 +604,9 @@ def claim_store(summary: dict, store: Path, args, optional: tuple[str, ...], scr
     summary["settings"] = settings
     if args.pretrained_from:
         borrow_pretraining(summary, json.loads(Path(args.pretrained_from).read_text()), args.pretrained_from)
-    summary["command"] = " ".join([script, *(argv if argv is not None else sys.argv[1:])])
+    cmd = " ".join([script, *(argv if argv is not None else sys.argv[1:])])
+    record_command(summary, cmd)  # before ``command`` is replaced: an older store's one command is kept
+    summary["command"] = cmd
     store.parent.mkdir(parents=True, exist_ok=True)
 
 

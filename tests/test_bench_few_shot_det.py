@@ -56,6 +56,23 @@ def test_tiny_stage_loads_the_pretrained_head_pairs_and_resumes(tmp_path, capsys
     few_shot_det.main(args)  # everything is stored: nothing runs again
     assert "ap50" not in "".join(line for line in capsys.readouterr().out.splitlines() if "/2/0:" in line)
     assert json.loads((tmp_path / "store.json").read_text())["runs"] == store["runs"]
+    # another command into the same store (here: one arm, nothing left to run): the report shows both commands
+    few_shot_det.main(args[:-2] + ["scratch"])
+    commands = json.loads((tmp_path / "store.json").read_text())["commands"]
+    assert len(commands) == 2 and commands[0].endswith("--arms scratch foundation_x")
+    assert commands[1].endswith("--arms scratch")
+    text = (tmp_path / "results.md").read_text()
+    assert "each command adds its arms and shot counts" in text and text.count("python bench/few_shot_det.py") == 2
+
+
+def test_a_store_records_every_distinct_command_keeping_an_older_stores_one():
+    old = {"command": "python bench/few_shot_det.py --shots 2 4"}
+    few_shot.record_command(old, "python bench/few_shot_det.py --shots 8")
+    few_shot.record_command(old, "python bench/few_shot_det.py --shots 8")
+    assert old["commands"] == ["python bench/few_shot_det.py --shots 2 4", "python bench/few_shot_det.py --shots 8"]
+    new = {}
+    few_shot.record_command(new, "python bench/few_shot.py")
+    assert new["commands"] == ["python bench/few_shot.py"]
 
 
 def test_curve_table_means_each_validation_over_seeds():
