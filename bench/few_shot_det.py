@@ -133,8 +133,9 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
     rel = repo_relative
 
     commands = summary.get("commands") or [summary["command"]]
-    lines = [("Reproduce" if len(commands) == 1 else "Reproduce (each command adds its arms and shot counts to the "
-              "store)") + " (resumes where it stopped; `--report_only` rewrites this section):", "", "```bash",
+    lines = ["Reproduce (" + ("each command adds its arms and shot counts to the store and " if len(commands) > 1
+                              else "") + "resumes where it stopped; `--report_only` rewrites this section):",
+             "", "```bash",
              *(rel(c) for c in commands), "```", "",
              f"Spent so far: {summary['cpu_seconds'] / 3600:.2f} CPU-hours (data, pretraining, fine-tuning). "
              f"Populations: pretraining seed {s['pretrain_seed']} ({s['pretrain_count']} images per dataset), "
