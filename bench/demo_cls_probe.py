@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
@@ -66,12 +67,12 @@ VARIANTS = {"w64": {"embed_dim": 64, "num_heads": [2, 4, 8, 16]},
 # position-aware head (a linear layer over the flattened 4x4 last-stage map instead of global average pooling:
 # a unilateral effusion is a left-right asymmetry that pooling can hide)
 CONV_STAGES = {"conv2": 2, "conv4": 4}
+KNOWN_VARIANTS = {*VARIANTS, *CONV_STAGES, "flat_head"}
 
 
-class _Residual(torch.nn.Module):
+class _Residual(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        nn = torch.nn
         self.f = nn.Sequential(nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True),
                                nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch))
 
@@ -79,13 +80,12 @@ class _Residual(torch.nn.Module):
         return torch.relu(x + self.f(x))
 
 
-class _ConvStage(torch.nn.Module):
+class _ConvStage(nn.Module):
     """A Swin ``BasicLayer``'s interface ((B, N, C) tokens and their map size in; stage output, next tokens, next
     size out) over residual convolutions."""
 
     def __init__(self, dim: int, downsample: bool):
         super().__init__()
-        nn = torch.nn
         self.blocks = nn.Sequential(_Residual(dim), _Residual(dim))
         self.down = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False),
                                   nn.BatchNorm2d(2 * dim)) if downsample else None
@@ -106,7 +106,7 @@ def _restructure(net, variant: str) -> None:
     if variant == "flat_head":
         norm = net.backbone.norm
         net.pooled_feature = lambda feats: norm(feats[-1].flatten(2).transpose(1, 2)).flatten(1)
-        net.cls_heads["c"].fc = torch.nn.Linear(dims[-1] * 16, 5)  # 4x4 map at 128 px
+        net.cls_heads["c"].fc = nn.Linear(dims[-1] * 16, 5)  # 4x4 map at 128 px
 
 
 def _lists(data: Path, n_train: int) -> tuple[str, str]:
@@ -142,7 +142,7 @@ def build_network(arm: str, variant: str = ""):
         return net, net
     if arm != "fx_demo":
         raise ValueError(f"unknown arm {arm!r}")
-    if variant and variant not in {**VARIANTS, **CONV_STAGES, "flat_head": None}:
+    if variant and variant not in KNOWN_VARIANTS:
         raise ValueError(f"unknown variant {variant!r}")
     from monai.bundle import ConfigParser
 

@@ -297,8 +297,9 @@ def finetune(job: dict) -> dict:
     """Train then evaluate one (arm, shots, seed) through finetune_seg; test-split Dice and the cost."""
     root, log = Path(job["root"]), Path(job["root"]) / "run.log"
     start, cpu = time.perf_counter(), time.process_time()
-    overrides = {**COMMON, **job["settings"], **start_point(job["pretrained"]), "few_shot": job["shots"], "few_shot_seed": job["seed"],
-                 "seed": job["seed"], "source_datalist": job["datalist"], "validate_data": False}
+    overrides = {**COMMON, **job["settings"], **start_point(job["pretrained"]), "few_shot": job["shots"],
+                 "few_shot_seed": job["seed"], "seed": job["seed"], "source_datalist": job["datalist"],
+                 "validate_data": False}
     logged = log.stat().st_size if log.exists() else 0
     train = bundle_run("finetune_seg", ["train.json", "demo.json"], root, log, **overrides)
     train_cpu, train_s = time.process_time() - cpu, time.perf_counter() - start
@@ -579,6 +580,15 @@ def forget_lost_pretrainings(summary: dict, order: list[tuple[str, int, int]]) -
             del summary["pretraining"][arm]
 
 
+def reproduce_lines(summary: dict) -> list[str]:
+    """A report's "Reproduce" block: every command that added runs to the store (``commands``; an older store's one
+    ``command``), repository-relative."""
+    commands = summary.get("commands") or [summary["command"]]
+    return ["Reproduce (" + ("each command adds its arms and shot counts to the store and " if len(commands) > 1
+                             else "") + "resumes where it stopped; `--report_only` rewrites this section):",
+            "", "```bash", *(repo_relative(c) for c in commands), "```"]
+
+
 def record_command(summary: dict, cmd: str) -> None:
     """Add ``cmd`` to the store's ``commands``: every distinct command that added runs to it (other arms or shot
     counts, a second machine), so the report can show how to reproduce all of its table, not only the last part.
@@ -750,8 +760,7 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
 
     rel = repo_relative
 
-    lines = [BEGIN, "", "Reproduce (resumes where it stopped; `--report_only` rewrites this section):", "", "```bash",
-             rel(summary["command"]), "```", "",
+    lines = [BEGIN, "", *reproduce_lines(summary), "",
              f"Spent so far: {summary['cpu_seconds'] / 3600:.2f} CPU-hours (data, pretraining, fine-tuning){_sessions(summary)}."
              f" Populations: pretraining seed {s['pretrain_seed']} ({s['pretrain_count']} images per "
              f"dataset), downstream seed {s['downstream_seed']} ({s['downstream_count']} images), disjoint patients, "

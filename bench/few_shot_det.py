@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from few_shot import (  # noqa: E402
     ARMS, COMMON, _timed, add_population_arguments, backbone_settings, bundle_run, claim_store, command, execute,
     forget_lost_pretrainings, job_order, paired, pretrain, pretrain_specs, pretraining_population, read_metrics,
-    repo_relative, session_saver, start_point, store_callbacks, table, validation_curve, _device_name,
+    repo_relative, reproduce_lines, session_saver, start_point, store_callbacks, table, validation_curve, _device_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +74,8 @@ def finetune_overrides(job: dict) -> dict:
     """``finetune_det``'s overrides for one (arm, shots, seed): the start point, the few-shot set, the shared
     anchors and head name."""
     return {**COMMON, **job["settings"], **start_point(job["pretrained"]), "few_shot": job["shots"],
-            "few_shot_seed": job["seed"],
-            "seed": job["seed"], "source_datalist": job["datalist"], "validate_data": False, "dataset_name": HEAD}
+            "few_shot_seed": job["seed"], "seed": job["seed"], "source_datalist": job["datalist"],
+            "validate_data": False, "dataset_name": HEAD}
 
 
 def det_scores(metrics: dict[str, float]) -> dict[str, float]:
@@ -130,13 +130,7 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
 
     s, pre = summary["settings"], summary["pretraining"]
 
-    rel = repo_relative
-
-    commands = summary.get("commands") or [summary["command"]]
-    lines = ["Reproduce (" + ("each command adds its arms and shot counts to the store and " if len(commands) > 1
-                              else "") + "resumes where it stopped; `--report_only` rewrites this section):",
-             "", "```bash",
-             *(rel(c) for c in commands), "```", "",
+    lines = [*reproduce_lines(summary), "",
              f"Spent so far: {summary['cpu_seconds'] / 3600:.2f} CPU-hours (data, pretraining, fine-tuning). "
              f"Populations: pretraining seed {s['pretrain_seed']} ({s['pretrain_count']} images per dataset), "
              f"downstream `phantom_det` seed {s['downstream_seed']} ({s['downstream_count']} images; test split "
@@ -166,8 +160,8 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
     example = next((r for r in summary["runs"].values() if r["arm"] == "foundation_x" and "calls" in r), None)
     if example and "foundation_x" in pre:
         lines += ["One fine-tuning run of (c) and its pretraining, as shell commands (the script runs the same "
-                  "bundles in-process):", "", "```bash", *(rel(command(c)) for c in example["calls"]),
-                  rel(command(pre["foundation_x"]["call"])), "```"]
+                  "bundles in-process):", "", "```bash", *(repo_relative(command(c)) for c in example["calls"]),
+                  repo_relative(command(pre["foundation_x"]["call"])), "```"]
     write_section(path, "few_shot_det.py", "\n".join(lines))
 
 
