@@ -231,10 +231,12 @@ def decoder_settings(channels: list[int] | None) -> dict:
     return {"network_def#seg_channels": channels[0], "network_def#psp_channels": channels[1]}
 
 
-def pretrain_specs(data: dict, out: Path, cycles: int, size: int, cost: dict[str, float] = SSL_COST
-                   ) -> dict[str, dict]:
+def pretrain_specs(data: dict, out: Path, cycles: int, size: int, cost: dict[str, float] = SSL_COST,
+                   task_lr_scale: dict[str, float] | None = None) -> dict[str, dict]:
     """The pretraining runs: (b)-(e) with the Foundation X cycle's number of iterations, the SSL arms at about its
-    CPU time (``cost``: an SSL iteration's CPU time over a cycle iteration's, ``few_shot_ssl.SSL_COST``)."""
+    CPU time (``cost``: an SSL iteration's CPU time over a cycle iteration's, ``few_shot_ssl.SSL_COST``).
+    ``task_lr_scale``: the trainer's per-task rate multipliers, passed explicitly so every pretraining record's
+    call says them (None: the demo config's, unrecorded)."""
     from cxrfx.engines.schedule import expand_tasks, phantom_cycle
 
     lists = data["pretrain"]
@@ -248,7 +250,8 @@ def pretrain_specs(data: dict, out: Path, cycles: int, size: int, cost: dict[str
     bs = COMMON["batch_size"]
     fx_iterations = cycles * _cycle_length(fx_sources, schedules["foundation_x"], bs, size)
     base = {**COMMON, **backbone_settings(size), "validate_data": False,
-            "network_def#seg_heads": {"phantom_seg": len(PRETRAIN_SEG_CLASSES)}}
+            "network_def#seg_heads": {"phantom_seg": len(PRETRAIN_SEG_CLASSES)},
+            **({} if task_lr_scale is None else {"task_lr_scale": task_lr_scale})}
     specs = {}
     for arm in PRETRAINED:
         if arm in SSL_ARMS:
@@ -544,7 +547,7 @@ def execute(tasks: list[dict], workers: int, threads: int, deadline: float | Non
 
 
 # what a pretraining depends on: a store may reuse another's pretrainings only where these agree
-PRETRAINING_SETTINGS = ("size", "pretrain_cycles", "phantom_size", "pretrain_count", "pretrain_seed")
+PRETRAINING_SETTINGS = ("size", "pretrain_cycles", "phantom_size", "pretrain_count", "pretrain_seed", "task_lr_scale")
 
 
 def borrow_pretraining(summary: dict, other: dict, name: str) -> None:
@@ -568,6 +571,36 @@ def add_population_arguments(parser: argparse.ArgumentParser, downstream_count: 
     parser.add_argument("--downstream_count", type=int, default=downstream_count, help="downstream images")
     parser.add_argument("--pretrain_seed", type=int, default=100)
     parser.add_argument("--downstream_seed", type=int, default=200)
+    parser.add_argument("--task_lr_scale", type=parse_task_lr_scale, default=None,
+                        help="the pretraining's learning-rate multiplier per task, a JSON object such as "
+                             "'{\"det\": 0.1}' ('{}': one rate for every task; default: the foundation_x demo "
+                             "config's). Recorded in the store, so a later change of demo.json cannot mix recipes")
+
+
+def parse_task_lr_scale(text: str) -> dict[str, float]:
+    """``--task_lr_scale``: a JSON object of positive numbers by task; refused with the reason otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({err.msg})") from None
+    if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value.values()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an object of positive numbers by task, e.g. "
+                                         '\'{"det": 0.1}\'')
+    return {task: float(v) for task, v in sorted(value.items())}
+
+
+def demo_task_lr_scale() -> dict[str, float]:
+    """The foundation_x demo config's per-task learning-rate multipliers (``task_lr_scale``; {} where it sets none)."""
+    config = json.loads((BUNDLES / "foundation_x" / "configs" / "demo.json").read_text())
+    return {task: float(v) for task, v in sorted(config.get("task_lr_scale", {}).items())}
+
+
+def task_lr_text(scale: dict[str, float] | None) -> str:
+    """"one rate for every task" or "cls × 0.1, det × 0.1" for a report; "" where a store does not say."""
+    if scale is None:
+        return ""
+    return ", ".join(f"{task} × {v:g}" for task, v in sorted(scale.items())) or "one rate for every task"
 
 
 def forget_lost_pretrainings(summary: dict, order: list[tuple[str, int, int]]) -> None:
@@ -607,6 +640,8 @@ OPTIONAL = ("val_interval", "backbone_lr", "head_lr")  # settings absent from st
 def claim_store(summary: dict, store: Path, args, optional: tuple[str, ...], script: str, argv) -> None:
     """Check that ``store`` holds runs of these settings (or none), record them and the command, and take the
     pretrainings of ``--pretrained_from``; a store of other settings is refused."""
+    if "task_lr_scale" in vars(args) and args.task_lr_scale is None:
+        args.task_lr_scale = demo_task_lr_scale()  # stored as used: the demo config may change between sessions
     skip = OPTIONAL + tuple(optional)
     settings = {k: v for k, v in vars(args).items() if k not in PER_RUN and not (k in skip and v is None)}
     if summary.get("settings") not in (None, settings):
@@ -703,7 +738,7 @@ def main(argv=None) -> None:
 
         data, t = _timed(build_data, out, args)
         save(t)
-        specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
+        specs = pretrain_specs(data, out, args.pretrain_cycles, args.size, task_lr_scale=args.task_lr_scale)
         finetune_settings = {"iterations": args.iterations, "val_interval": args.val_interval or args.iterations,
                              "mode": args.mode,
                              **{k: getattr(args, k) for k in ("backbone_lr", "head_lr") if getattr(args, k) is not None},
@@ -743,6 +778,13 @@ def _sessions(summary: dict) -> str:
 BEGIN, END = "<!-- few_shot.py: begin (generated) -->", "<!-- few_shot.py: end -->"
 
 
+def pretraining_rates(settings: dict) -> str:
+    """" Pretraining learning rate per task: ..." for a report's settings sentence ("" where the store does not
+    say)."""
+    text = task_lr_text(settings.get("task_lr_scale"))
+    return f" Pretraining learning rate per task (`task_lr_scale`): {text}." if text else ""
+
+
 def _ssl_part(arm: str, done: dict) -> str:
     """" (3 DiRA epochs, then 4 cycles)" for an SSL arm's pretraining record, "" for the others."""
     if arm not in SSL_ARMS:
@@ -766,7 +808,8 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
              f"dataset), downstream seed {s['downstream_seed']} ({s['downstream_count']} images), disjoint patients, "
              f"rendered at {s['phantom_size']} px. Pretraining and fine-tuning at {s['size']} px, demo backbone; "
              f"fine-tuning mode `{s['mode']}`, {s['iterations']} iterations of batch {COMMON['batch_size']} in every "
-             "arm.", "", "Pretraining ((b)-(e): the same iterations; the SSL arms: about (c)'s CPU time):", ""]
+             "arm." + pretraining_rates(s), "",
+             "Pretraining ((b)-(e): the same iterations; the SSL arms: about (c)'s CPU time):", ""]
     for arm in PRETRAINED:
         if arm in pre:
             lines.append(f"- {ARMS[arm]}: {pre[arm]['iterations']} iterations{_ssl_part(arm, pre[arm])}, "

@@ -36,8 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from few_shot import (  # noqa: E402
     ARMS, COMMON, _timed, add_population_arguments, backbone_settings, bundle_run, claim_store, command, execute,
-    forget_lost_pretrainings, job_order, paired, pretrain, pretrain_specs, pretraining_population, read_metrics,
-    repo_relative, reproduce_lines, session_saver, start_point, store_callbacks, table, validation_curve, _device_name,
+    forget_lost_pretrainings, job_order, paired, pretrain, pretrain_specs, pretraining_population, pretraining_rates,
+    read_metrics, repo_relative, reproduce_lines, session_saver, start_point, store_callbacks, table,
+    validation_curve, _device_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
              f"{s['iterations']} iterations of batch {COMMON['batch_size']} in every arm, "
              "anchors fitted to the pretraining boxes; scored: "
              + (f"the checkpoint with the best validation AP50 (validation every {s['val_interval']} iterations)."
-                if s.get("val_interval") else "the final model."), "",
+                if s.get("val_interval") else "the final model.") + pretraining_rates(s), "",
              "Pretraining (the same iterations in every arm):", ""]
     for arm in DET_ARMS:
         if arm in pre:
@@ -224,7 +225,7 @@ def run(args, argv, out: Path, store: Path, summary: dict) -> list[str]:
     test = read_datalist(data["det"])["test"]
     summary["test_images"], summary["test_boxes"] = len(test), sum(len(it.get("boxes", [])) for it in test)
     save(t)
-    specs = pretrain_specs(data, out, args.pretrain_cycles, args.size)
+    specs = pretrain_specs(data, out, args.pretrain_cycles, args.size, task_lr_scale=args.task_lr_scale)
     finetune_settings = {"iterations": args.iterations, "val_interval": args.val_interval or args.iterations,
                          "mode": args.mode,
                          **{k: getattr(args, k) for k in ("backbone_lr", "head_lr") if getattr(args, k) is not None},

@@ -4,13 +4,16 @@ The issue asks for 2-3 pretraining lengths. Each length is its own ``bench/few_s
 differ only in ``--pretrain_cycles``); the scratch arm does not depend on the pretraining, so its runs are taken
 from whichever store holds them, and where several stores hold the same (shots, seed) they must agree (the runs
 are deterministic: a disagreement is reported, not averaged). Pairs, test and counts as in ``few_shot.py``.
-Besides the downstream Dice, each row says what the pretraining itself had learned: its teacher's validation
+Besides the downstream score, each row says what the pretraining itself had learned: its teacher's validation
 metrics on the pretraining tasks (classification AUC averaged over the three label sets, box AP50, mask Dice).
+``--metric ap50`` reads ``bench/few_shot_det.py`` stores instead (the detection stage; its own section).
 
     python bench/few_shot.py --out runs/fs32 --store bench/results/few_shot_pretrain32.json --pretrain_cycles 32 \\
         --arms scratch foundation_x --shots 2 4
     python bench/few_shot_lengths.py bench/results/few_shot.json bench/results/few_shot_pretrain32.json \\
         bench/results/few_shot_pretrain64.json --results docs/results.md
+    python bench/few_shot_lengths.py bench/results/few_shot_det_lowlr.json \\
+        bench/results/few_shot_det_pretrain32.json --metric ap50 --results docs/results.md
 
 ``--frozen`` adds stores made with ``--mode frozen`` (only the new organ head trains; backbone and decoder stay as
 pretrained): a probe of what the pretrained features hold, next to what fine-tuning everything makes of them.
@@ -30,31 +33,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_section  # noqa: E402
-from few_shot import ROOT, _mean_std, paired_cells, pretraining_metrics  # noqa: E402
+from few_shot import _mean_std, paired_cells, pretraining_metrics, repo_relative  # noqa: E402
 
 ARM, AGAINST = "foundation_x", "scratch"
+# per metric: what it is called in the tables, and the generated section's name and heading
+METRICS = {"dice_fx": ("Dice", "few_shot_lengths.py", "### Pretraining length (224 px, synthetic patients)"),
+           "ap50": ("AP50", "few_shot_lengths.py (detection)", "### Pretraining length, detection (224 px)")}
 
 
-def scratch_runs(stores: list[dict]) -> dict[tuple[int, int], float]:
-    """{(shots, seed): scratch Dice} over all stores; the same run in two stores must give the same value."""
+def scratch_runs(stores: list[dict], metric: str = "dice_fx") -> dict[tuple[int, int], float]:
+    """{(shots, seed): scratch score} over all stores; the same run in two stores must give the same value."""
     found: dict[tuple[int, int], float] = {}
     for store in stores:
         for run in store["runs"].values():
             if run["arm"] != AGAINST:
                 continue
             key = (run["shots"], run["seed"])
-            if key in found and abs(found[key] - run["dice_fx"]) > 1e-9:
-                raise SystemExit(f"scratch run {key} differs between stores ({found[key]} vs {run['dice_fx']}): "
+            if key in found and abs(found[key] - run[metric]) > 1e-9:
+                raise SystemExit(f"scratch run {key} differs between stores ({found[key]} vs {run[metric]}): "
                                  "the stores were not made with the same downstream settings")
-            found[key] = run["dice_fx"]
+            found[key] = run[metric]
     return found
 
 
 def teacher_summary(pretraining: dict) -> str:
     """"AUC 0.39 · AP50 0.004 · Dice 0.26" from the pretraining's recorded (or logged) validation metrics."""
     metrics = pretraining.get("validation")
-    if metrics is None:  # stores made before pretrain() recorded them: read the run's log if it is still there
-        metrics = pretraining_metrics(Path(pretraining["checkpoint"]).parents[1] / "train.log")
+    if metrics is None:  # stores made before pretrain() recorded them: read the run's log if it is still there,
+        log = Path(pretraining["checkpoint"]).parents[1] / "train.log"
+        if not log.exists() and "validation_text" in pretraining:  # else the summary read from it while it was
+            return pretraining["validation_text"]
+        metrics = pretraining_metrics(log)
     aucs = [v for k, v in metrics.items() if k.startswith("cls/") and k.endswith("/auc")]
     parts = [f"AUC {statistics.mean(aucs):.2f}" if aucs else None,
              f"AP50 {metrics['det/phantom_det/ap50']:.3f}" if "det/phantom_det/ap50" in metrics else None,
@@ -62,9 +71,9 @@ def teacher_summary(pretraining: dict) -> str:
     return " · ".join(p for p in parts if p) or "not recorded"
 
 
-def lengths_table(stores: list[dict]) -> str:
-    """Markdown: one row per (pretraining length, shot count): (c)'s Dice, (c) − (a) paired by seed."""
-    scratch = scratch_runs(stores)
+def lengths_table(stores: list[dict], metric: str = "dice_fx") -> str:
+    """Markdown: one row per (pretraining length, shot count): (c)'s ``metric``, (c) − (a) paired by seed."""
+    scratch = scratch_runs(stores, metric)
     lines = ["| pretraining cycles | iterations | CPU-min | teacher on its own tasks (validation) | images | "
              "(c) Foundation X | (a) scratch, same seeds | (c) − (a) | pairs favouring (c) / (a) | Wilcoxon p |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -72,7 +81,7 @@ def lengths_table(stores: list[dict]) -> str:
         pre = store["pretraining"].get(ARM)
         if pre is None:
             continue
-        runs = {(r["shots"], r["seed"]): r["dice_fx"] for r in store["runs"].values() if r["arm"] == ARM}
+        runs = {(r["shots"], r["seed"]): r[metric] for r in store["runs"].values() if r["arm"] == ARM}
         for shots in sorted({n for n, _ in runs}):
             seeds = sorted(s for n, s in runs if n == shots and (shots, s) in scratch)
             if not seeds:
@@ -116,29 +125,34 @@ def main(argv=None) -> None:
     parser.add_argument("stores", nargs="+", help="few_shot.py stores, one per pretraining length")
     parser.add_argument("--frozen", nargs="*", default=[], help="stores made with --mode frozen (any lengths)")
     parser.add_argument("--results", default=None, help="markdown file to write the table into (between markers)")
+    parser.add_argument("--metric", default="dice_fx", choices=list(METRICS),
+                        help="dice_fx: few_shot.py (organ) stores; ap50: few_shot_det.py (detection) stores")
     args = parser.parse_args(argv)
+    name, section, heading = METRICS[args.metric]
     stores = [json.loads(Path(p).read_text()) for p in args.stores]
     frozen = [json.loads(Path(p).read_text()) for p in args.frozen]
+    if frozen and args.metric != "dice_fx":
+        raise SystemExit("--frozen reads organ (dice_fx) stores only")
     if any(s["settings"].get("mode") != "frozen" for s in frozen):
         raise SystemExit("a --frozen store was not made with --mode frozen")
     others = {json.dumps({k: v for k, v in s["settings"].items() if k != "pretrain_cycles"}, sort_keys=True)
               for s in stores}
     if len(others) > 1:
         raise SystemExit("the stores differ in more than --pretrain_cycles: " + " / ".join(sorted(others)))
-    text = lengths_table(stores)
+    text = lengths_table(stores, args.metric)
     probe = frozen_table(stores, frozen) if frozen else ""
     print(text, probe, sep="\n\n")
     if args.results:
-        stored = ", ".join(f"`{Path(p).resolve().relative_to(ROOT)}`" for p in args.stores)
-        body = ("Foundation X (c) against scratch (a) by pretraining length (`bench/few_shot_lengths.py`; runs in "
-                f"{stored}); paired by seed, exact two-sided Wilcoxon signed-rank test:\n\n{text}\n")
+        stored = ", ".join(f"`{repo_relative(str(Path(p).resolve()))}`" for p in args.stores)
+        body = (f"Foundation X (c) against scratch (a) by pretraining length, test {name} "
+                f"(`bench/few_shot_lengths.py`; runs in {stored}); paired by seed, exact two-sided Wilcoxon "
+                f"signed-rank test:\n\n{text}\n")
         if frozen:
-            kept = ", ".join(f"`{Path(p).resolve().relative_to(ROOT)}`" for p in args.frozen)
+            kept = ", ".join(f"`{repo_relative(str(Path(p).resolve()))}`" for p in args.frozen)
             body += ("\nWhat the pretrained features hold: the same fine-tuning with only the new organ head trained "
                      f"(`--mode frozen`: backbone and decoder as pretrained; runs in {kept}), mean ± std over seeds, "
                      f"next to fine-tuning everything (the runs above):\n\n{probe}\n")
-        write_section(args.results, "few_shot_lengths.py", body,
-                      heading="### Pretraining length (224 px, synthetic patients)")
+        write_section(args.results, section, body, heading=heading)
 
 
 if __name__ == "__main__":

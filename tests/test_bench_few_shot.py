@@ -161,6 +161,38 @@ def test_lengths_table_pairs_each_length_with_the_shared_scratch_runs():
         few_shot_lengths.lengths_table([short, clash])
 
 
+def test_lengths_of_detection_stores_pair_ap50_and_write_their_own_section(tmp_path):
+    import json
+
+    import few_shot_lengths
+
+    def det_store(cycles, fx, scratch):
+        store = _store(cycles, fx, scratch)
+        for run in store["runs"].values():
+            run["ap50"] = run.pop("dice_fx")
+        return store
+
+    short, long = det_store(8, [0.20, 0.30], [0.05, 0.10]), det_store(32, [0.40, 0.25], None)
+    # a pretraining whose log is gone keeps the summary read from it while it was there
+    del long["pretraining"]["foundation_x"]["validation"]
+    long["pretraining"]["foundation_x"]["validation_text"] = "AUC 0.47 · AP50 0.021"
+    rows = [line for line in few_shot_lengths.lengths_table([short, long], "ap50").splitlines() if line[2].isdigit()]
+    assert "| 0.250 ± 0.071 | 0.075 ± 0.035 | +0.175 | 2 / 0 |" in rows[0]
+    assert rows[1].startswith("| 32 | 3200 | 32.0 | AUC 0.47 · AP50 0.021 | 2 | 0.325 ± 0.106 |")
+    paths = []
+    for i, store in enumerate((short, long)):
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(store))
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\n<!-- few_shot_lengths.py: begin (generated) -->\n\norgans\n\n"
+                   "<!-- few_shot_lengths.py: end -->\n")
+    few_shot_lengths.main([*map(str, paths), "--metric", "ap50", "--results", str(doc)])
+    text = doc.read_text()
+    assert "organs" in text and "few_shot_lengths.py (detection): begin" in text and "test AP50" in text
+    with pytest.raises(SystemExit, match="organ"):
+        few_shot_lengths.main([*map(str, paths), "--metric", "ap50", "--frozen", str(paths[0])])
+
+
 def test_frozen_table_puts_the_probe_beside_full_fine_tuning_per_length():
     import few_shot_lengths
 
@@ -181,6 +213,9 @@ def test_pretrainings_are_borrowed_only_from_a_store_with_the_same_pretraining_s
     assert mine["pretraining"] == {"foundation_x": done}
     with pytest.raises(SystemExit, match="pretrain_cycles 32 here 8"):
         few_shot.borrow_pretraining(mine, {"settings": {**settings, "pretrain_cycles": 32}, "pretraining": {}}, "x")
+    with pytest.raises(SystemExit, match=r"task_lr_scale \{'det': 0.1\} here None"):
+        few_shot.borrow_pretraining(mine, {"settings": {**settings, "task_lr_scale": {"det": 0.1}}, "pretraining": {}},
+                                    "x")
 
 
 def test_recipes_pair_each_recipe_with_its_own_scratch_runs():
@@ -289,3 +324,47 @@ def test_partial_start_points_keep_only_their_part_and_pair_with_both_arms(tmp_p
     row = few_shot_partial.report(store, partial).splitlines()[-1]
     assert row.startswith("| (c), backbone only | 4 | 2 | 0.900 ± 0.071 | +0.100, 2 / 0, ")
     assert row.split("|")[6].startswith(" +0.100, 2 / 0, ")  # against (c): +0.15 and +0.05
+
+
+def test_task_lr_scale_is_parsed_refused_with_its_reason_and_stored_as_used(tmp_path):
+    import argparse
+
+    assert few_shot.parse_task_lr_scale('{"det": 0.1, "cls": 1}') == {"cls": 1.0, "det": 0.1}
+    assert few_shot.parse_task_lr_scale("{}") == {}
+    with pytest.raises(argparse.ArgumentTypeError, match="is not JSON"):
+        few_shot.parse_task_lr_scale("{det: 0.1}")
+    with pytest.raises(argparse.ArgumentTypeError, match="positive numbers by task"):
+        few_shot.parse_task_lr_scale('{"det": 0}')
+    with pytest.raises(argparse.ArgumentTypeError, match="positive numbers by task"):
+        few_shot.parse_task_lr_scale("[0.1]")
+    demo = few_shot.demo_task_lr_scale()
+    assert demo and all(v > 0 for v in demo.values())  # the demo config's recipe sets per-task rates
+
+    parser = argparse.ArgumentParser()
+    few_shot.add_population_arguments(parser, downstream_count=80)
+    parser.add_argument("--pretrained_from", default=None)
+    store = tmp_path / "store.json"
+    summary = {"pretraining": {}, "runs": {}, "cpu_seconds": 0.0}
+    # the default is resolved to the demo config's value and stored, so the store says which recipe it holds
+    few_shot.claim_store(summary, store, parser.parse_args([]), (), "python bench/few_shot.py", [])
+    assert summary["settings"]["task_lr_scale"] == demo
+    assert "Pretraining learning rate per task (`task_lr_scale`): " in few_shot.pretraining_rates(summary["settings"])
+    # a store made with one rate for every task refuses runs of another recipe
+    with pytest.raises(SystemExit, match="other settings"):
+        few_shot.claim_store({**summary, "settings": {**summary["settings"], "task_lr_scale": {}}}, store,
+                             parser.parse_args([]), (), "python bench/few_shot.py", [])
+    equal = parser.parse_args(["--task_lr_scale", "{}"])
+    few_shot.claim_store({**summary, "settings": {**summary["settings"], "task_lr_scale": {}}}, store, equal, (),
+                         "python bench/few_shot.py", [])
+    assert few_shot.pretraining_rates({"task_lr_scale": {}}).endswith("one rate for every task.")
+    assert few_shot.pretraining_rates({}) == ""  # a store that does not say: nothing is claimed
+
+
+def test_pretraining_specs_pass_the_per_task_rates_to_every_arm(monkeypatch, tmp_path):
+    monkeypatch.setattr(few_shot, "_cycle_length", lambda sources, schedule, bs, size: 100)
+    data = {"pretrain": {"phantom_cls": "c.json", "phantom_det": "d.json", "phantom_seg": "s.json"},
+            "unlabelled": "u.json", "seg": "down.json"}
+    specs = few_shot.pretrain_specs(data, tmp_path, 8, 224, task_lr_scale={"det": 0.1})
+    assert all(spec["overrides"]["task_lr_scale"] == {"det": 0.1} for spec in specs.values())
+    unsaid = few_shot.pretrain_specs(data, tmp_path, 8, 224)
+    assert not any("task_lr_scale" in spec["overrides"] for spec in unsaid.values())

@@ -47,11 +47,18 @@ def test_tiny_stage_loads_the_pretrained_head_pairs_and_resumes(tmp_path, capsys
     assert fx["loaded"] and not scratch["loaded"]
     assert all(0.0 <= r["ap50"] <= 1.0 and 0.0 <= r["map40_fx"] <= 1.0 for r in (fx, scratch))
     assert store["pretraining"]["foundation_x"]["key"] == "teacher" and store["test_boxes"] >= 1
+    # the pretraining's per-task rates: the demo config's, stored, passed to the bundle and said in the report
+    assert store["settings"]["task_lr_scale"] == few_shot.demo_task_lr_scale()
+    assert store["pretraining"]["foundation_x"]["call"]["overrides"]["task_lr_scale"] == few_shot.demo_task_lr_scale()
+    pretrain_log = (tmp_path / "out" / "pretrain" / "foundation_x" / "train.log").read_text()
+    assert "learning rate per task: " + ", ".join(
+        f"{task} x {v:g}" for task, v in sorted(few_shot.demo_task_lr_scale().items())) in pretrain_log
     report = (tmp_path / "out" / "finetune" / "foundation_x_n2_s0" / "run.log").read_text()
     loaded = re.search(r"start point: .*loaded (\d+) tensors, missing (\d+)", report)
     assert loaded and int(loaded.group(1)) > 0 and loaded.group(2) == "0"  # backbone, branch and head: all of it
     text = (tmp_path / "results.md").read_text()
     assert "few_shot_det.py: begin" in text and "| (c) − (a) | 2 | 1 |" in text
+    assert few_shot.pretraining_rates(store["settings"]) and few_shot.pretraining_rates(store["settings"]) in text
     capsys.readouterr()
     few_shot_det.main(args)  # everything is stored: nothing runs again
     assert "ap50" not in "".join(line for line in capsys.readouterr().out.splitlines() if "/2/0:" in line)
