@@ -615,8 +615,12 @@ def forget_lost_pretrainings(summary: dict, order: list[tuple[str, int, int]]) -
 
 def reproduce_lines(summary: dict) -> list[str]:
     """A report's "Reproduce" block: every command that added runs to the store (``commands``; an older store's one
-    ``command``), repository-relative."""
+    ``command``), repository-relative, with the store's pretraining rates per task where the default differs now."""
     commands = summary.get("commands") or [summary["command"]]
+    scale = summary.get("settings", {}).get("task_lr_scale")
+    if scale is not None and scale != demo_task_lr_scale():  # made before the demo config's rates changed
+        flag = " --task_lr_scale " + shlex.quote(json.dumps(scale))
+        commands = [c if "--task_lr_scale" in c else c + flag for c in commands]
     return ["Reproduce (" + ("each command adds its arms and shot counts to the store and " if len(commands) > 1
                              else "") + "resumes where it stopped; `--report_only` rewrites this section):",
             "", "```bash", *(repo_relative(c) for c in commands), "```"]
@@ -778,6 +782,16 @@ def _sessions(summary: dict) -> str:
 BEGIN, END = "<!-- few_shot.py: begin (generated) -->", "<!-- few_shot.py: end -->"
 
 
+def pretraining_command(summary: dict, arm: str) -> str:
+    """``arm``'s pretraining as a shell command, repository-relative, with the store's per-task rates where its
+    recorded call predates passing them (it ran with the demo config's of its day, which the store says)."""
+    call = summary["pretraining"][arm]["call"]
+    scale = summary["settings"].get("task_lr_scale")
+    if scale is not None and "task_lr_scale" not in call["overrides"]:
+        call = {**call, "overrides": {**call["overrides"], "task_lr_scale": scale}}
+    return repo_relative(command(call))
+
+
 def pretraining_rates(settings: dict) -> str:
     """" Pretraining learning rate per task: ..." for a report's settings sentence ("" where the store does not
     say)."""
@@ -824,7 +838,7 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
     if example:
         lines += ["One fine-tuning run of (c) and its pretraining, as shell commands (the script runs the same "
                   "bundles in-process):", "", "```bash", *(rel(command(c)) for c in example["calls"]),
-                  rel(command(pre["foundation_x"]["call"])), "```", ""]
+                  pretraining_command(summary, "foundation_x"), "```", ""]
     lines.append(END)
     text = path.read_text() if path.exists() else ""
     if BEGIN in text and END in text:

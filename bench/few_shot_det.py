@@ -36,9 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from few_shot import (  # noqa: E402
     ARMS, COMMON, _timed, add_population_arguments, backbone_settings, bundle_run, claim_store, command, execute,
-    forget_lost_pretrainings, job_order, paired, pretrain, pretrain_specs, pretraining_population, pretraining_rates,
-    read_metrics, repo_relative, reproduce_lines, session_saver, start_point, store_callbacks, table,
-    validation_curve, _device_name,
+    forget_lost_pretrainings, job_order, paired, pretrain, pretrain_specs, pretraining_command, pretraining_population,
+    pretraining_rates, read_metrics, repo_relative, reproduce_lines, session_saver, start_point, store_callbacks,
+    table, validation_curve, _device_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def write_report(path: Path, summary: dict, tables: dict) -> None:
     if example and "foundation_x" in pre:
         lines += ["One fine-tuning run of (c) and its pretraining, as shell commands (the script runs the same "
                   "bundles in-process):", "", "```bash", *(repo_relative(command(c)) for c in example["calls"]),
-                  repo_relative(command(pre["foundation_x"]["call"])), "```"]
+                  pretraining_command(summary, "foundation_x"), "```"]
     write_section(path, "few_shot_det.py", "\n".join(lines))
 
 

@@ -358,6 +358,11 @@ def test_task_lr_scale_is_parsed_refused_with_its_reason_and_stored_as_used(tmp_
                          "python bench/few_shot.py", [])
     assert few_shot.pretraining_rates({"task_lr_scale": {}}).endswith("one rate for every task.")
     assert few_shot.pretraining_rates({}) == ""  # a store that does not say: nothing is claimed
+    # a store made with other rates than today's default reproduces with its own
+    old = {"commands": ["python bench/few_shot.py --jobs 2"], "settings": {"task_lr_scale": {}}}
+    assert "python bench/few_shot.py --jobs 2 --task_lr_scale '{}'" in few_shot.reproduce_lines(old)
+    same = {"commands": ["python bench/few_shot.py"], "settings": {"task_lr_scale": demo}}
+    assert "python bench/few_shot.py" in few_shot.reproduce_lines(same)
 
 
 def test_pretraining_specs_pass_the_per_task_rates_to_every_arm(monkeypatch, tmp_path):
@@ -368,3 +373,13 @@ def test_pretraining_specs_pass_the_per_task_rates_to_every_arm(monkeypatch, tmp
     assert all(spec["overrides"]["task_lr_scale"] == {"det": 0.1} for spec in specs.values())
     unsaid = few_shot.pretrain_specs(data, tmp_path, 8, 224)
     assert not any("task_lr_scale" in spec["overrides"] for spec in unsaid.values())
+
+
+def test_a_pretraining_command_states_the_stores_per_task_rates():
+    call = {"bundle": "foundation_x", "configs": ["train.json", "demo.json"], "root": "/r", "overrides": {"epochs": 8}}
+    summary = {"settings": {"task_lr_scale": {}}, "pretraining": {"foundation_x": {"call": call}}}
+    assert few_shot.pretraining_command(summary, "foundation_x").endswith("--epochs 8 --task_lr_scale \"{}\")")
+    said = {**call, "overrides": {"epochs": 8, "task_lr_scale": {"det": 0.1}}}
+    summary["pretraining"]["foundation_x"]["call"] = said  # a call that says its rates keeps them
+    assert few_shot.pretraining_command(summary, "foundation_x").count("task_lr_scale") == 1
+    assert "{'det': 0.1}" in few_shot.pretraining_command(summary, "foundation_x")
