@@ -11,7 +11,8 @@ The paper's downstream claim (Foundation X, WACV 2025: few-shot JSRT-clavicle Di
    phantom Lock-Release cycle over labels, boxes and masks with the EMA teacher; (d) (c) without lock phases;
    (e) (c) without the teacher (no consistency term; the student is fine-tuned). Self-supervised arms
    (``bench/few_shot_ssl.py``), on the same images without their labels, each at about (c)'s CPU time: (g) DiRA,
-   (h) Adam-v2, (i) DiRA then the Foundation X cycle (half the time each).
+   (h) Adam-v2, (i) DiRA then the Foundation X cycle (half the time each). (j) a plain detector pretraining on
+   the boxes alone (``bench/few_shot_det.py``'s detection stage asks whether the other tasks add to it).
 3. Fine-tuning ``bundles/finetune_seg`` (organs) on N training images chosen by seed (``--few_shot N
    --few_shot_seed s``; one seed's sets are nested) from (a) scratch and (b)-(e), (g)-(i), and (f) a MONAI UNet from
    scratch (what a user would pick instead) on the same images, pipeline and iterations, at the learning rate
@@ -51,8 +52,10 @@ ARMS = {"scratch": "(a) from scratch", "single_task": "(b) classification-only p
         "monai_unet": "(f) MONAI UNet from scratch",
         "ssl_dira": "(g) DiRA self-supervised (unlabelled images)",
         "ssl_adam": "(h) Adam-v2 self-supervised (unlabelled images)",
-        "dira_fx": "(i) DiRA, then Foundation X"}
-PRETRAINED = ("single_task", "foundation_x", "fx_no_lock", "fx_no_teacher", "ssl_dira", "ssl_adam", "dira_fx")
+        "dira_fx": "(i) DiRA, then Foundation X",
+        "det_only": "(j) localization-only pretraining"}
+PRETRAINED = ("single_task", "foundation_x", "fx_no_lock", "fx_no_teacher", "ssl_dira", "ssl_adam", "dira_fx",
+              "det_only")
 # the paired comparisons the issues' goals are about, declared before the runs: (arm, against); the SSL issue's
 # published direction: SSL beats scratch with few images, SSL + supervision beats either
 COMPARISONS = (("foundation_x", "scratch"), ("foundation_x", "single_task"), ("foundation_x", "monai_unet"),
@@ -244,9 +247,12 @@ def pretrain_specs(data: dict, out: Path, cycles: int, size: int, cost: dict[str
                   "phantom_det": {"datalist": lists["phantom_det"], "tasks": ["cls", "det"]},
                   "phantom_seg": {"datalist": lists["phantom_seg"], "tasks": ["cls", "seg"]}}
     cls_sources = {k: {"datalist": v["datalist"], "tasks": ["cls"]} for k, v in fx_sources.items()}
+    # (j): a plain detector pretraining on the boxes alone (one task: no shared parts to lock for)
+    det_sources = {"phantom_det": {"datalist": lists["phantom_det"], "tasks": ["det"]}}
     schedules = {"foundation_x": phantom_cycle(), "fx_no_teacher": phantom_cycle(),
                  "fx_no_lock": [s for s in phantom_cycle() if s["phase"] != "lock"],
-                 "single_task": expand_tasks([(k, "cls") for k in cls_sources])}
+                 "single_task": expand_tasks([(k, "cls") for k in cls_sources]),
+                 "det_only": [{"dataset": "phantom_det", "task": "det", "phase": "release", "epoch_fraction": 1.0}]}
     bs = COMMON["batch_size"]
     fx_iterations = cycles * _cycle_length(fx_sources, schedules["foundation_x"], bs, size)
     base = {**COMMON, **backbone_settings(size), "validate_data": False,
@@ -260,7 +266,7 @@ def pretrain_specs(data: dict, out: Path, cycles: int, size: int, cost: dict[str
                                                      data["unlabelled"], cycles, cost),
                           "key": SSL_ARMS[arm][1]}
             continue
-        sources = cls_sources if arm == "single_task" else fx_sources
+        sources = {"single_task": cls_sources, "det_only": det_sources}.get(arm, fx_sources)
         epochs = max(1, round(fx_iterations / _cycle_length(sources, schedules[arm], bs, size)))
         overrides = {**base, "datasets": sources, "schedule": schedules[arm], "epochs": epochs, "val_interval": epochs}
         if arm == "fx_no_teacher":

@@ -6,9 +6,11 @@ protocol, with ``bundles/finetune_det``).
    nodules and masses with boxes.
 2. Pretraining, as ``bench/few_shot.py``: (b) classification only (Ark's recipe), (c) Foundation X (Lock-Release
    cycle over labels, boxes and masks, EMA teacher), (d) (c) without lock phases, (e) (c) without the teacher,
-   every arm the same number of iterations. The pretraining population's ``phantom_det`` boxes are the same two
-   classes as downstream (the paper's localization datasets share classes with its downstream ones too), so (c)-(e)
-   start with a trained localization branch and head, (b) with a backbone only.
+   and (j) a plain detector pretraining on the boxes alone (release steps only: with one task there are no
+   shared parts to lock for), every arm the same number of iterations. The pretraining population's
+   ``phantom_det`` boxes are the same two classes as downstream (the paper's localization datasets share classes
+   with its downstream ones too), so (c)-(e) and (j) start with a trained localization branch and head, (b) with a
+   backbone only. (c) against (j) asks whether the other tasks add to a pretrained detector's transfer.
 3. Fine-tuning ``bundles/finetune_det`` at the detection issue's rates (its demo recipe: 2.5e-4 heads, 7.5e-5
    backbone, AdamW) on N training images with lesions, chosen by seed (``few_shot``; one seed's sets are
    nested), (a) from scratch and from (b)-(e), the same iterations, batch and anchors in every arm. Anchors: fitted
@@ -42,9 +44,10 @@ from few_shot import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DET_ARMS = ("scratch", "single_task", "foundation_x", "fx_no_lock", "fx_no_teacher")
+DET_ARMS = ("scratch", "single_task", "foundation_x", "fx_no_lock", "fx_no_teacher", "det_only")
 COMPARISONS = (("foundation_x", "scratch"), ("foundation_x", "single_task"), ("foundation_x", "fx_no_lock"),
-               ("foundation_x", "fx_no_teacher"), ("single_task", "scratch"))
+               ("foundation_x", "fx_no_teacher"), ("single_task", "scratch"), ("foundation_x", "det_only"),
+               ("det_only", "scratch"))
 HEAD = "phantom_det"  # the pretraining's detection head name: a fine-tuning head of that name loads its weights
 STRIDES = (4, 8, 16, 32)
 BEGIN, END = "<!-- few_shot_det.py: begin (generated) -->", "<!-- few_shot_det.py: end -->"

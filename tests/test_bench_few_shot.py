@@ -53,12 +53,13 @@ def test_equal_time_is_wall_time_on_a_gpu():
 
 def test_job_order_follows_the_issue_stages():
     order = few_shot.job_order([0, 1], [2, 4, 8], list(few_shot.ARMS))
-    assert len(order) == 2 * 3 * 9 and len(set(order)) == len(order)
+    assert len(order) == 2 * 3 * 10 and len(set(order)) == len(order)
     first = order[:16]  # (a), (b), (c), (f) at 2 and 4 images, seed by seed
     assert {a for a, _, _ in first} == set(few_shot.FIRST_ARMS) and {n for _, n, _ in first} == {2, 4}
     assert [s for _, _, s in first] == [0] * 8 + [1] * 8
-    assert {a for a, _, _ in order[16:36]} == {"fx_no_lock", "fx_no_teacher", "ssl_dira", "ssl_adam", "dira_fx"}
-    assert {n for _, n, _ in order[36:]} == {8}
+    assert {a for a, _, _ in order[16:40]} == {"fx_no_lock", "fx_no_teacher", "ssl_dira", "ssl_adam", "dira_fx",
+                                               "det_only"}
+    assert {n for _, n, _ in order[40:]} == {8}
 
 
 def _double(job: dict) -> dict:  # a task for execute(), importable by its worker processes
@@ -371,6 +372,10 @@ def test_pretraining_specs_pass_the_per_task_rates_to_every_arm(monkeypatch, tmp
             "unlabelled": "u.json", "seg": "down.json"}
     specs = few_shot.pretrain_specs(data, tmp_path, 8, 224, task_lr_scale={"det": 0.1})
     assert all(spec["overrides"]["task_lr_scale"] == {"det": 0.1} for spec in specs.values())
+    det = specs["det_only"]["overrides"]  # (j): the boxes alone, plain release steps, (c)'s iterations
+    assert det["datasets"] == {"phantom_det": {"datalist": "d.json", "tasks": ["det"]}}
+    assert [s["phase"] for s in det["schedule"]] == ["release"] and det["epochs"] == 8
+    assert specs["det_only"]["key"] == "teacher"
     unsaid = few_shot.pretrain_specs(data, tmp_path, 8, 224)
     assert not any("task_lr_scale" in spec["overrides"] for spec in unsaid.values())
 
