@@ -602,13 +602,6 @@ def demo_task_lr_scale() -> dict[str, float]:
     return {task: float(v) for task, v in sorted(config.get("task_lr_scale", {}).items())}
 
 
-def task_lr_text(scale: dict[str, float] | None) -> str:
-    """"one rate for every task" or "cls × 0.1, det × 0.1" for a report; "" where a store does not say."""
-    if scale is None:
-        return ""
-    return ", ".join(f"{task} × {v:g}" for task, v in sorted(scale.items())) or "one rate for every task"
-
-
 def forget_lost_pretrainings(summary: dict, order: list[tuple[str, int, int]]) -> None:
     """Drop the pretraining records whose checkpoint is gone (run folders lost with a machine) when a run still to
     do needs them, so they are made again with the same seed; a record no run needs again is kept."""
@@ -650,7 +643,7 @@ OPTIONAL = ("val_interval", "backbone_lr", "head_lr")  # settings absent from st
 def claim_store(summary: dict, store: Path, args, optional: tuple[str, ...], script: str, argv) -> None:
     """Check that ``store`` holds runs of these settings (or none), record them and the command, and take the
     pretrainings of ``--pretrained_from``; a store of other settings is refused."""
-    if "task_lr_scale" in vars(args) and args.task_lr_scale is None:
+    if args.task_lr_scale is None:
         args.task_lr_scale = demo_task_lr_scale()  # stored as used: the demo config may change between sessions
     skip = OPTIONAL + tuple(optional)
     settings = {k: v for k, v in vars(args).items() if k not in PER_RUN and not (k in skip and v is None)}
@@ -799,10 +792,13 @@ def pretraining_command(summary: dict, arm: str) -> str:
 
 
 def pretraining_rates(settings: dict) -> str:
-    """" Pretraining learning rate per task: ..." for a report's settings sentence ("" where the store does not
-    say)."""
-    text = task_lr_text(settings.get("task_lr_scale"))
-    return f" Pretraining learning rate per task (`task_lr_scale`): {text}." if text else ""
+    """" Pretraining learning rate per task: cls × 0.1, ..." (or "one rate for every task") for a report's settings
+    sentence; "" where the store does not say."""
+    scale = settings.get("task_lr_scale")
+    if scale is None:
+        return ""
+    text = ", ".join(f"{task} × {v:g}" for task, v in sorted(scale.items())) or "one rate for every task"
+    return f" Pretraining learning rate per task (`task_lr_scale`): {text}."
 
 
 def _ssl_part(arm: str, done: dict) -> str:
